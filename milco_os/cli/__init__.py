@@ -1,0 +1,20 @@
+"""The ``milco-os`` command line: a thin layer over the Python API.
+
+Each command group lives in its own module and is registered here.
+"""
+
+from __future__ import annotations
+
+import click
+
+from milco_os import __version__
+from milco_os.cli.cluster import cluster
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="milco-os")
+def main() -> None:
+    """Multilingual learned sparse retrieval (MILCO) on OpenSearch and Elasticsearch."""
+
+
+main.add_command(cluster)

@@ -1,0 +1,135 @@
+"""How milco-os reaches a search cluster: URL, credentials, TLS.
+
+Settings come from (highest first) explicit arguments, environment variables,
+then the local cluster started by ``milco-os cluster up``:
+
+==========================  =================================================
+``MILCO_OS_URL``            cluster URL, e.g. ``https://search.example:9200``
+``MILCO_OS_ENGINE``         ``opensearch`` (default) or ``elasticsearch``
+``MILCO_OS_USER``           basic-auth user
+``MILCO_OS_PASSWORD``       basic-auth password (or ``MILCO_OS_PASSWORD_FILE``)
+``MILCO_OS_API_KEY``        API key (or ``MILCO_OS_API_KEY_FILE``)
+``MILCO_OS_CA_CERTS``       CA bundle used to verify the server certificate
+``MILCO_OS_INSECURE``       ``1`` disables TLS verification (never the default)
+==========================  =================================================
+
+Secrets are read from the environment or from files only, and never appear in
+``repr`` or logs.
+
+>>> s = ConnectionSettings(url="http://127.0.0.1:9200", password="hunter2")
+>>> "hunter2" in repr(s)
+False
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+ENGINES = ("opensearch", "elasticsearch")
+
+
+class ConnectionSettingsError(RuntimeError):
+    """No cluster could be determined, or the settings are inconsistent."""
+
+
+def _read_secret(value: str | None, file: str | os.PathLike[str] | None, what: str) -> str | None:
+    if value:
+        return value
+    if file:
+        path = Path(file).expanduser()
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConnectionSettingsError(f"cannot read {what} file {path}: {exc.strerror}") from None
+    return None
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """Everything needed to open a client; secrets are hidden from ``repr``."""
+
+    url: str | None = None
+    engine: str = "opensearch"
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    api_key: str | None = field(default=None, repr=False)
+    ca_certs: str | None = None
+    verify_certs: bool = True
+    timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ConnectionSettingsError(f"unknown engine {self.engine!r}; expected one of {ENGINES}")
+        if self.password and not self.user:
+            raise ConnectionSettingsError("a password was given without a user (set MILCO_OS_USER)")
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> ConnectionSettings:
+        """Settings from ``MILCO_OS_*`` variables; non-None ``overrides`` win.
+
+        ``password_file`` / ``api_key_file`` overrides are read here.
+        """
+        env = os.environ
+        password_file = overrides.pop("password_file", None) or env.get("MILCO_OS_PASSWORD_FILE")
+        api_key_file = overrides.pop("api_key_file", None) or env.get("MILCO_OS_API_KEY_FILE")
+        settings = cls(
+            url=env.get("MILCO_OS_URL") or None,
+            engine=env.get("MILCO_OS_ENGINE", "opensearch"),
+            user=env.get("MILCO_OS_USER") or None,
+            password=_read_secret(env.get("MILCO_OS_PASSWORD"), password_file, "password"),
+            api_key=_read_secret(env.get("MILCO_OS_API_KEY"), api_key_file, "API key"),
+            ca_certs=env.get("MILCO_OS_CA_CERTS") or None,
+            verify_certs=env.get("MILCO_OS_INSECURE", "") not in ("1", "true", "yes"),
+        )
+        return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+
+    def resolved(self) -> ConnectionSettings:
+        """These settings, with the URL of the local cluster filled in when none was given."""
+        if self.url:
+            return self
+        from milco_os.cluster import LocalCluster
+
+        url = LocalCluster().url()
+        if url is None:
+            raise ConnectionSettingsError(
+                "no cluster configured: pass --url, set MILCO_OS_URL, "
+                "or start a local one with `milco-os cluster up`"
+            )
+        return replace(self, url=url)
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments shared by the opensearch-py and elasticsearch clients."""
+        if not self.url:
+            raise ConnectionSettingsError("no cluster URL (call resolved() first)")
+        kwargs: dict[str, Any] = {
+            "hosts": [self.url],
+            "verify_certs": self.verify_certs,
+            "request_timeout" if self.engine == "elasticsearch" else "timeout": self.timeout,
+        }
+        if self.ca_certs:
+            kwargs["ca_certs"] = self.ca_certs
+        if self.engine == "opensearch" and not self.verify_certs:
+            kwargs["ssl_show_warn"] = False
+        if self.user:
+            key = "basic_auth" if self.engine == "elasticsearch" else "http_auth"
+            kwargs[key] = (self.user, self.password or "")
+        if self.api_key:
+            if self.engine == "elasticsearch":
+                kwargs["api_key"] = self.api_key
+            else:
+                kwargs["headers"] = {"Authorization": f"ApiKey {self.api_key}"}
+        return kwargs
+
+    def client(self) -> Any:
+        """An ``opensearchpy.OpenSearch`` or ``elasticsearch.Elasticsearch`` client."""
+        settings = self.resolved()
+        if settings.engine == "elasticsearch":
+            from elasticsearch import Elasticsearch
+
+            return Elasticsearch(**settings.client_kwargs())
+        from opensearchpy import OpenSearch
+
+        return OpenSearch(**settings.client_kwargs())
