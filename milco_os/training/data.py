@@ -1,0 +1,312 @@
+"""Training data: parallel corpora (stage 1), distillation groups (stage 2), batching.
+
+Rows are plain dicts. Parallel rows hold ``english`` and ``non_english``; distillation
+rows hold ``query``, ``pos``, ``pos_scores``, ``neg``, ``neg_scores``. Sources are hub
+dataset ids (``datasets.load_dataset``), local JSONL/Parquet/CSV/TSV files, or the
+line-aligned Tatoeba and NTREX-128 folders.
+
+>>> rows = [{"english": "a cat", "non_english": "eine Katze"}]
+>>> batches = LengthGroupedBatches([len(r["english"]) for r in rows], batch_size=4, seed=0)
+>>> batches.epoch(0)
+[[0]]
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+PARALLEL_COLUMNS = ("english", "non_english")
+DISTILLATION_COLUMNS = ("query", "pos", "pos_scores", "neg", "neg_scores")
+LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv",
+                 ".tsv": "csv"}
+NTREX_ENGLISH = "newstest2019-src.eng.txt"
+
+Row = dict[str, Any]
+
+
+class TrainingDataError(ValueError):
+    """A training source or record is unusable; the message names the record and field."""
+
+
+# ---------------------------------------------------------------- sources
+
+
+def load_rows(source: str, columns: Sequence[str], split: str = "train") -> Sequence[Row]:
+    """Rows of a local file/folder (JSONL, Parquet, CSV, TSV) or of a hub dataset id.
+
+    Every row must carry ``columns``; a missing column is reported with the source.
+    """
+    import datasets
+
+    path = Path(source).expanduser()
+    if path.exists():
+        builder, files, extra = _local_builder(path)
+        dataset = datasets.load_dataset(builder, data_files=files, split="train", **extra)
+    else:
+        try:
+            dataset = datasets.load_dataset(source, split=split)
+        except Exception as exc:  # offline machines, unknown ids, gated sets
+            raise TrainingDataError(
+                f"cannot load dataset {source!r} (split {split!r}): {exc}. It is neither a "
+                "local path nor a reachable hub dataset; with HF_HUB_OFFLINE=1 only datasets "
+                "already in the local Hugging Face cache load.") from exc
+    missing = [c for c in columns if c not in dataset.column_names]
+    if missing:
+        raise TrainingDataError(f"{source}: missing column(s) {missing}; "
+                                f"found {dataset.column_names}")
+    return dataset
+
+
+def _local_builder(path: Path) -> tuple[str, list[str], dict[str, Any]]:
+    files = sorted(p for p in path.rglob("*") if p.suffix in LOCAL_FORMATS) \
+        if path.is_dir() else [path]
+    if not files:
+        raise TrainingDataError(f"{path}: no {'/'.join(LOCAL_FORMATS)} files found")
+    suffixes = {f.suffix for f in files}
+    builders = {LOCAL_FORMATS.get(s) for s in suffixes}
+    if None in builders or len(builders) != 1 or suffixes == {".csv", ".tsv"}:
+        raise TrainingDataError(f"{path}: expected files of one format among "
+                                f"{sorted(LOCAL_FORMATS)}, found {sorted(suffixes)}")
+    extra = {"delimiter": "\t"} if suffixes == {".tsv"} else {}
+    return builders.pop(), [str(f) for f in files], extra
+
+
+def _read_lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def _aligned_pairs(english: list[str], other: list[str], where: str) -> list[Row]:
+    if len(english) != len(other):
+        raise TrainingDataError(f"{where}: {len(other)} lines vs {len(english)} English lines")
+    return [{"english": e, "non_english": o} for e, o in zip(english, other, strict=True)
+            if e.strip() and o.strip()]
+
+
+def tatoeba_languages(directory: str | Path) -> list[str]:
+    """The language codes of a Tatoeba folder (``tatoeba.<xxx>-eng.<xxx>`` files)."""
+    return sorted(p.name.split(".")[1].removesuffix("-eng")
+                  for p in Path(directory).glob("tatoeba.*-eng.eng"))
+
+
+def read_tatoeba(directory: str | Path, languages: Sequence[str] | None = None) -> list[Row]:
+    """Parallel rows of the LASER Tatoeba test sets (line i aligned to line i)."""
+    directory = Path(directory)
+    rows: list[Row] = []
+    for lang in languages or tatoeba_languages(directory):
+        base = directory / f"tatoeba.{lang}-eng"
+        other = Path(f"{base}.{lang}")
+        if not other.exists():
+            raise TrainingDataError(f"{other}: no such Tatoeba file for language {lang!r}")
+        rows += _aligned_pairs(_read_lines(Path(f"{base}.eng")), _read_lines(other), str(other))
+    return rows
+
+
+def ntrex_languages(directory: str | Path) -> list[str]:
+    """The translated languages of an NTREX-128 folder (``newstest2019-ref.<lang>.txt``)."""
+    return sorted(p.name.removeprefix("newstest2019-ref.").removesuffix(".txt")
+                  for p in Path(directory).glob("newstest2019-ref.*.txt"))
+
+
+def ntrex_lines(directory: str | Path, lang: str) -> tuple[list[str], list[str]]:
+    """The English lines and the aligned lines of ``lang``."""
+    directory = Path(directory)
+    other = directory / f"newstest2019-ref.{lang}.txt"
+    if not other.exists():
+        raise TrainingDataError(f"{other}: no such NTREX-128 file for language {lang!r}")
+    english, translated = _read_lines(directory / NTREX_ENGLISH), _read_lines(other)
+    if len(english) != len(translated):
+        raise TrainingDataError(f"{other}: {len(translated)} lines vs {len(english)} English")
+    return english, translated
+
+
+def read_ntrex(directory: str | Path, languages: Sequence[str] | None = None,
+               holdout: int = 0) -> list[Row]:
+    """Parallel rows of NTREX-128 without the last ``holdout`` lines of every language."""
+    rows: list[Row] = []
+    for lang in languages or ntrex_languages(directory):
+        english, translated = ntrex_lines(directory, lang)
+        keep = len(english) - holdout
+        rows += _aligned_pairs(english[:keep], translated[:keep], f"ntrex128/{lang}")
+    return rows
+
+
+def load_parallel_source(spec: dict[str, Any]) -> Sequence[Row]:
+    """One parallel source of a config: ``{kind: tatoeba|ntrex|rows, path: ..., ...}``."""
+    kind, path = spec.get("kind", "rows"), spec.get("path")
+    if not path:
+        raise TrainingDataError(f"parallel source {spec}: field 'path' is required")
+    languages = spec.get("languages")
+    if kind == "tatoeba":
+        return read_tatoeba(path, languages)
+    if kind == "ntrex":
+        return read_ntrex(path, languages, holdout=int(spec.get("holdout", 0)))
+    if kind == "rows":
+        return load_rows(path, PARALLEL_COLUMNS, split=spec.get("split", "train"))
+    raise TrainingDataError(f"parallel source {spec}: unknown kind {kind!r} "
+                            "(tatoeba, ntrex or rows)")
+
+
+# ---------------------------------------------------------------- distillation groups
+
+
+def check_distillation_row(row: Row, index: int) -> None:
+    """Raise :class:`TrainingDataError` naming record ``index`` and the bad field."""
+    for column in DISTILLATION_COLUMNS:
+        if column not in row or row[column] is None:
+            raise TrainingDataError(f"distillation record {index}: field {column!r} is missing")
+    if not isinstance(row["query"], str) or not row["query"].strip():
+        raise TrainingDataError(f"distillation record {index}: field 'query' must be text")
+    for docs, scores in (("pos", "pos_scores"), ("neg", "neg_scores")):
+        if len(row[docs]) != len(row[scores]):
+            raise TrainingDataError(f"distillation record {index}: field {scores!r} has "
+                                    f"{len(row[scores])} scores for {len(row[docs])} {docs!r}")
+    if not row["pos"]:
+        raise TrainingDataError(f"distillation record {index}: field 'pos' is empty")
+
+
+@dataclass(frozen=True)
+class Group:
+    """A query with its positive first, then its negatives, and their teacher scores."""
+
+    query: str
+    docs: list[str]
+    teacher_scores: list[float]
+
+
+def sample_group(row: Row, index: int, group_size: int, rng: random.Random) -> Group:
+    """1 sampled positive + (group_size - 1) sampled negatives of distillation row ``index``.
+
+    Negatives are drawn without replacement when there are enough, else with it.
+    """
+    check_distillation_row(row, index)
+    n_neg = group_size - 1
+    if n_neg and not row["neg"]:
+        raise TrainingDataError(f"distillation record {index}: field 'neg' is empty but the "
+                                f"group size is {group_size}")
+    p = rng.randrange(len(row["pos"]))
+    negs = (rng.sample(range(len(row["neg"])), n_neg) if len(row["neg"]) >= n_neg
+            else [rng.randrange(len(row["neg"])) for _ in range(n_neg)])
+    docs = [row["pos"][p]] + [row["neg"][i] for i in negs]
+    scores = [row["pos_scores"][p]] + [row["neg_scores"][i] for i in negs]
+    return Group(row["query"], [str(d) for d in docs], [float(s) for s in scores])
+
+
+class DistillationGroups(torch.utils.data.Dataset):
+    """Distillation rows as groups, resampled per epoch yet reproducible (seed, epoch, index)."""
+
+    def __init__(self, rows: Sequence[Row], group_size: int = 8, seed: int = 42) -> None:
+        if group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {group_size}")
+        self.rows, self.group_size, self.seed, self.epoch = rows, group_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> Group:
+        rng = random.Random(f"{self.seed}/{self.epoch}/{index}")
+        return sample_group(self.rows[index], index, self.group_size, rng)
+
+
+# ---------------------------------------------------------------- batching
+
+
+class LengthGroupedBatches:
+    """Shuffled batches of similar lengths, the same for a given (seed, epoch).
+
+    Indices are shuffled, cut into mega-batches of ``batch_size * mega_factor``, sorted
+    by length inside each mega-batch (so padding is small) and cut into batches, whose
+    order is shuffled again. Resuming skips a number of batches of the same list.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int,
+                 mega_factor: int = 50) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
+        self.mega = batch_size * mega_factor
+
+    def epoch(self, epoch: int) -> list[list[int]]:
+        rng = random.Random(f"{self.seed}/batches/{epoch}")
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        batches = []
+        for start in range(0, len(order), self.mega):
+            mega = sorted(order[start:start + self.mega], key=lambda i: -self.lengths[i])
+            batches += [mega[b:b + self.batch_size] for b in range(0, len(mega), self.batch_size)]
+        rng.shuffle(batches)
+        return batches
+
+
+def text_lengths(rows: Sequence[Row], key: Callable[[Row], str]) -> list[int]:
+    """Character lengths, a cheap stand-in for token lengths when grouping batches."""
+    return [len(key(rows[i])) for i in range(len(rows))]
+
+
+# ---------------------------------------------------------------- collators
+
+
+def tokenize(tokenizer: Any, texts: list[str], max_length: int,
+             pad_to_multiple_of: int | None = None) -> dict[str, Tensor]:
+    """``input_ids`` and ``attention_mask``, padded to the longest text of the batch."""
+    encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_length,
+                        pad_to_multiple_of=pad_to_multiple_of, return_tensors="pt")
+    return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+
+@dataclass
+class ParallelCollator:
+    """Alignment batches: non-English and English through the student's tokenizer and
+    English through the teacher's, each padded to its own longest text."""
+
+    student_tokenizer: Any
+    teacher_tokenizer: Any
+    max_length: int = 256
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, rows: list[Row]) -> dict[str, dict[str, Tensor]]:
+        for i, row in enumerate(rows):
+            for column in PARALLEL_COLUMNS:
+                if not isinstance(row.get(column), str):
+                    raise TrainingDataError(f"parallel record {i} of the batch: field "
+                                            f"{column!r} must be text, got {row.get(column)!r}")
+        english = [r["english"] for r in rows]
+        args = (self.max_length, self.pad_to_multiple_of)
+        return {
+            "non_english": tokenize(self.student_tokenizer, [r["non_english"] for r in rows],
+                                    *args),
+            "english": tokenize(self.student_tokenizer, english, *args),
+            "teacher_english": tokenize(self.teacher_tokenizer, english, *args),
+        }
+
+
+@dataclass
+class GroupCollator:
+    """Contrastive batches: B queries, B * G documents (group by group, positive first)
+    and the teacher scores [B, G]."""
+
+    tokenizer: Any
+    query_max_length: int = 64
+    doc_max_length: int = 256
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, groups: list[Group]) -> dict[str, Any]:
+        sizes = {len(g.docs) for g in groups}
+        if len(sizes) != 1:
+            raise TrainingDataError(f"groups of different sizes in one batch: {sorted(sizes)}")
+        return {
+            "queries": tokenize(self.tokenizer, [g.query for g in groups],
+                                self.query_max_length, self.pad_to_multiple_of),
+            "docs": tokenize(self.tokenizer, [d for g in groups for d in g.docs],
+                             self.doc_max_length, self.pad_to_multiple_of),
+            "teacher_scores": torch.tensor([g.teacher_scores for g in groups]),
+        }
