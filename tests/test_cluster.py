@@ -1,0 +1,58 @@
+"""The local OpenSearch node is real and serves rank_features with linear scoring."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+
+from milco_os.cluster import LocalCluster, _process_alive, cache_home
+
+pytestmark = pytest.mark.cluster
+
+NINE_BIT_REL = 2.0**-8  # FeatureField keeps 9 significant bits: relative error < 2^-8
+
+
+def test_node_is_opensearch_with_mapper_extras(cluster_url: str) -> None:
+    with urllib.request.urlopen(cluster_url + "/") as resp:
+        root = json.load(resp)
+    assert root["version"]["distribution"] == "opensearch"
+    with urllib.request.urlopen(cluster_url + "/_nodes/plugins") as resp:
+        modules = {m["name"] for n in json.load(resp)["nodes"].values() for m in n["modules"]}
+    assert {"mapper-extras", "analysis-common"} <= modules
+
+
+def test_linear_rank_feature_score_is_weight_times_boost(os_client, index_name: str) -> None:
+    os_client.indices.create(
+        index=index_name, body={"mappings": {"properties": {"pivot": {"type": "rank_features"}}}}
+    )
+    os_client.index(index=index_name, id="a", body={"pivot": {"dog": 1.37, "cat": 0.2}})
+    os_client.index(index=index_name, id="b", body={"pivot": {"dog": 0.41}}, refresh=True)
+    boost = 2.5
+    body = {"query": {"rank_feature": {"field": "pivot.dog", "linear": {}, "boost": boost}}}
+    hits = os_client.search(index=index_name, body=body)["hits"]["hits"]
+    scores = {h["_id"]: h["_score"] for h in hits}
+    assert scores.keys() == {"a", "b"}
+    for doc, weight in (("a", 1.37), ("b", 0.41)):
+        assert scores[doc] == pytest.approx(weight * boost, rel=NINE_BIT_REL)
+
+
+def test_down_stops_only_what_up_started(tmp_path, monkeypatch) -> None:
+    """A cluster of its own: up prints a live URL, down leaves no node process behind."""
+    real_downloads = cache_home() / "downloads"  # reuse what the session already fetched
+    home = tmp_path / "home"
+    home.mkdir()
+    if real_downloads.exists():
+        (home / "downloads").symlink_to(real_downloads)
+    monkeypatch.setenv("MILCO_OS_HOME", str(home))
+    cluster = LocalCluster(name="lifecycle")
+    state = cluster.up(nodes=1, heap="256m")
+    assert cluster.url() == state.url
+    assert cluster.status()["health"] == "green"
+    node = state.nodes[0]
+    assert _process_alive(node.pid, node.folder)
+    assert cluster.down() == [node.pid]
+    assert not _process_alive(node.pid, node.folder)
+    assert cluster.url() is None
+    assert cluster.down() == []
