@@ -1,0 +1,74 @@
+"""Search backends behind one interface (:class:`Engine`); :func:`open_engine` picks one.
+
+>>> import tempfile
+>>> open_engine(None, "local", local_path=tempfile.mkdtemp()).name
+'local'
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from milco_os.connection import ConnectionSettings, ConnectionSettingsError
+from milco_os.engines.base import (
+    BulkFailure,
+    Engine,
+    EngineError,
+    Hit,
+    IndexNotFoundError,
+    TransientEngineError,
+)
+
+ENGINE_NAMES = ("opensearch", "elasticsearch", "local")
+
+__all__ = [
+    "ENGINE_NAMES",
+    "BulkFailure",
+    "Engine",
+    "EngineError",
+    "Hit",
+    "IndexNotFoundError",
+    "TransientEngineError",
+    "open_engine",
+]
+
+
+def open_engine(
+    settings: ConnectionSettings | None,
+    engine: str | None = None,
+    local_path: str | None = None,
+) -> Engine:
+    """The engine to use.
+
+    ``engine="local"`` (or a ``local_path``) opens the on-disk index under
+    ``local_path`` (default ``~/.cache/milco-os/local``). Otherwise the cluster of
+    ``settings`` (default: from ``MILCO_OS_*``), with ``engine`` overriding its
+    flavour; when no cluster is configured or running and no engine was named,
+    the local engine is the fallback.
+    """
+    if engine not in (None, *ENGINE_NAMES):
+        raise ValueError(f"unknown engine {engine!r}; expected one of {ENGINE_NAMES}")
+    if engine == "local" or (engine is None and local_path is not None):
+        return _local(local_path)
+    settings = settings or ConnectionSettings.from_env()
+    if engine is not None and engine != settings.engine:
+        settings = replace(settings, engine=engine)
+    try:
+        settings = settings.resolved()
+    except ConnectionSettingsError:
+        if engine is not None:
+            raise
+        return _local(local_path)
+    if settings.engine == "elasticsearch":
+        from milco_os.engines.elasticsearch import ElasticsearchEngine
+
+        return ElasticsearchEngine(settings)
+    from milco_os.engines.opensearch import OpenSearchEngine
+
+    return OpenSearchEngine(settings)
+
+
+def _local(local_path: str | None) -> Engine:
+    from milco_os.engines.local import LocalEngine
+
+    return LocalEngine(local_path)

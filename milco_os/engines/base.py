@@ -1,0 +1,111 @@
+"""The engine interface: what ingestion and search need from a search backend.
+
+Implementations: :mod:`milco_os.engines.opensearch`,
+:mod:`milco_os.engines.elasticsearch` and :mod:`milco_os.engines.local` (an
+exact on-disk index for machines without a cluster). Open one with
+:func:`milco_os.engines.open_engine`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from milco_os.query import SparseQuery
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: the engine ``_id``, its score, and its ``_source``
+    (``doc_id``, ``passage``, ``title``, ``text``, ``lang``; no vectors)."""
+
+    id: str
+    score: float
+    source: dict[str, Any]
+
+    @property
+    def doc_id(self) -> str:
+        """The corpus's own document id (the engine id when the source has none)."""
+        return str(self.source.get("doc_id", self.id))
+
+
+@dataclass(frozen=True)
+class BulkFailure:
+    """A document the engine refused (status 429 means: retry it later)."""
+
+    id: str
+    status: int
+    reason: str
+
+
+class EngineError(RuntimeError):
+    """A request the engine refused; retrying it unchanged will not help."""
+
+
+class TransientEngineError(EngineError):
+    """The whole request failed (429, 5xx, timeout, connection): the caller retries."""
+
+
+class IndexNotFoundError(EngineError):
+    """The index does not exist."""
+
+
+class Engine(ABC):
+    """A search backend holding MILCO indexes."""
+
+    name: str  # "opensearch" | "elasticsearch" | "local"
+
+    @abstractmethod
+    def create_index(
+        self,
+        index: str,
+        *,
+        meta: dict[str, Any],
+        shards: int = 1,
+        replicas: int = 0,
+        refresh_interval: str | None = None,
+        exist_ok: bool = False,
+    ) -> None:
+        """Create ``index`` with the MILCO mapping and ``_meta`` (model, views, pruning)."""
+
+    @abstractmethod
+    def delete_index(self, index: str, *, missing_ok: bool = True) -> None: ...
+
+    @abstractmethod
+    def index_info(self, index: str) -> dict[str, Any]:
+        """``{"index", "meta", "docs", "store_bytes", "settings"}``."""
+
+    @abstractmethod
+    def index_exists(self, index: str) -> bool: ...
+
+    @abstractmethod
+    def bulk_index(
+        self, index: str, docs: Sequence[tuple[str, dict[str, Any]]]
+    ) -> list[BulkFailure]:
+        """Index ``(_id, source)`` pairs in one request; returns the per-document failures.
+
+        Raises :class:`TransientEngineError` when the whole request must be retried.
+        """
+
+    @abstractmethod
+    def existing_ids(self, index: str, ids: Sequence[str]) -> set[str]: ...
+
+    @abstractmethod
+    def refresh(self, index: str) -> None: ...
+
+    @abstractmethod
+    def count(self, index: str) -> int: ...
+
+    @abstractmethod
+    def search(self, index: str, query: SparseQuery, k: int = 10) -> list[Hit]: ...
+
+    @abstractmethod
+    def get_sources(self, index: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The full ``_source`` (vectors included) of each id that exists."""
+
+    def meta(self, index: str) -> dict[str, Any]:
+        """The index ``_meta``: model, views, pruning, milco-os version."""
+        return self.index_info(index)["meta"]

@@ -1,0 +1,191 @@
+"""What OpenSearch and Elasticsearch share: the REST calls behind :class:`Engine`.
+
+Subclasses supply one primitive, :meth:`ClusterEngine.request`, which sends a
+request through their own client and maps its errors onto
+:class:`EngineError` / :class:`TransientEngineError` / :class:`IndexNotFoundError`,
+plus the flavour of mapping and query they speak.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import abstractmethod
+from collections.abc import Sequence
+from functools import cached_property
+from typing import Any
+from urllib.parse import quote
+
+from milco_os.engines.base import (
+    BulkFailure,
+    Engine,
+    EngineError,
+    Hit,
+    IndexNotFoundError,
+    TransientEngineError,
+)
+from milco_os.mappings import index_body
+from milco_os.query import SparseQuery, build_search_body
+
+
+def is_transient(status: int) -> bool:
+    """Whether a failed request may succeed when retried (too many requests, server errors)."""
+    return status == 429 or status >= 500
+
+
+def error_reason(error: Any) -> str:
+    """``type: reason (caused by ...)`` from an engine error object."""
+    if not isinstance(error, dict):
+        return str(error)
+    text = f"{error.get('type', 'error')}: {error.get('reason', '')}"
+    cause = error.get("caused_by")
+    return f"{text} (caused by {error_reason(cause)})" if cause else text
+
+
+def classify_error(method: str, path: str, status: int, error: Any) -> EngineError:
+    """The :class:`EngineError` subclass for a failed request, with a readable message."""
+    message = f"{method} {path}: HTTP {status}: {error_reason(error)}"
+    error_type = error.get("type") if isinstance(error, dict) else None
+    if status == 404 and error_type == "index_not_found_exception":
+        return IndexNotFoundError(message)
+    if is_transient(status):
+        return TransientEngineError(message)
+    return EngineError(message)
+
+
+def _path(index: str, *parts: str) -> str:
+    return "/" + "/".join([quote(index, safe=""), *parts])
+
+
+class ClusterEngine(Engine):
+    """An :class:`Engine` over a cluster's REST API."""
+
+    flavour: str  # the mapping and query dialect: "opensearch" | "elasticsearch"
+
+    @abstractmethod
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: dict[str, Any] | None = None,
+        ndjson: bool = False,
+    ) -> Any:
+        """Send one request; return the decoded JSON answer."""
+
+    @cached_property
+    def max_clause_count(self) -> int | None:
+        """The cluster's clause limit, or ``None`` when the engine sizes it itself."""
+        return None
+
+    @property
+    def supports_neural_sparse(self) -> bool:
+        """Whether the cluster runs OpenSearch's neural-search plugin."""
+        return False
+
+    def create_index(
+        self,
+        index: str,
+        *,
+        meta: dict[str, Any],
+        shards: int = 1,
+        replicas: int = 0,
+        refresh_interval: str | None = None,
+        exist_ok: bool = False,
+    ) -> None:
+        body = index_body(self.flavour, meta=meta, shards=shards, replicas=replicas,
+                          refresh_interval=refresh_interval)
+        if exist_ok and self.index_exists(index):
+            return
+        self.request("PUT", _path(index), body)
+
+    def delete_index(self, index: str, *, missing_ok: bool = True) -> None:
+        try:
+            self.request("DELETE", _path(index))
+        except IndexNotFoundError:
+            if not missing_ok:
+                raise
+
+    def index_exists(self, index: str) -> bool:
+        try:
+            self.request("GET", _path(index, "_mapping"))
+        except IndexNotFoundError:
+            return False
+        return True
+
+    def index_info(self, index: str) -> dict[str, Any]:
+        mapping = next(iter(self.request("GET", _path(index, "_mapping")).values()))
+        settings = next(iter(self.request("GET", _path(index, "_settings")).values()))
+        stats = self.request("GET", _path(index, "_stats", "docs,store"))["_all"]["primaries"]
+        index_settings = settings["settings"]["index"]
+        return {
+            "index": index,
+            "meta": mapping["mappings"].get("_meta", {}),
+            "docs": stats["docs"]["count"],
+            "store_bytes": stats["store"]["size_in_bytes"],
+            "settings": {
+                "shards": int(index_settings["number_of_shards"]),
+                "replicas": int(index_settings["number_of_replicas"]),
+                "refresh_interval": index_settings.get("refresh_interval"),
+            },
+        }
+
+    def bulk_index(
+        self, index: str, docs: Sequence[tuple[str, dict[str, Any]]]
+    ) -> list[BulkFailure]:
+        if not docs:
+            return []
+        lines = []
+        for doc_id, source in docs:
+            lines.append(json.dumps({"index": {"_index": index, "_id": doc_id}}))
+            lines.append(json.dumps(source, ensure_ascii=False, allow_nan=False))
+        answer = self.request("POST", "/_bulk", "\n".join(lines) + "\n", ndjson=True)
+        if not answer.get("errors"):
+            return []
+        failures = []
+        for item in answer["items"]:
+            result = next(iter(item.values()))
+            if result.get("status", 200) >= 300:
+                failures.append(
+                    BulkFailure(result["_id"], result["status"], error_reason(result.get("error")))
+                )
+        return failures
+
+    def _mget(self, index: str, ids: Sequence[str], source: bool) -> list[dict[str, Any]]:
+        if not ids:
+            return []
+        answer = self.request("POST", _path(index, "_mget"), {"ids": list(ids)},
+                              params={"_source": "true" if source else "false"})
+        return [doc for doc in answer["docs"] if doc.get("found")]
+
+    def existing_ids(self, index: str, ids: Sequence[str]) -> set[str]:
+        return {doc["_id"] for doc in self._mget(index, ids, source=False)}
+
+    def get_sources(self, index: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return {doc["_id"]: doc["_source"] for doc in self._mget(index, ids, source=True)}
+
+    def refresh(self, index: str) -> None:
+        self.request("POST", _path(index, "_refresh"))
+
+    def count(self, index: str) -> int:
+        return int(self.request("GET", _path(index, "_count"))["count"])
+
+    def search_body(self, query: SparseQuery, k: int = 10) -> dict[str, Any]:
+        """The request body :meth:`search` sends (clause limit read from the cluster)."""
+        if query.mode == "neural-sparse" and not self.supports_neural_sparse:
+            raise EngineError(
+                "mode 'neural-sparse' needs OpenSearch's neural-search plugin, which this "
+                "cluster lacks; the default mode computes the same scores without it"
+            )
+        return build_search_body(query, k, flavour=self.flavour,
+                                 max_clause_count=self.max_clause_count)
+
+    def search(self, index: str, query: SparseQuery, k: int = 10) -> list[Hit]:
+        return self.raw_search(index, self.search_body(query, k))
+
+    def raw_search(self, index: str, body: dict[str, Any]) -> list[Hit]:
+        """Run any ``_search`` body; hits as :class:`Hit`."""
+        answer = self.request("POST", _path(index, "_search"), body)
+        return [
+            Hit(hit["_id"], float(hit["_score"]), hit.get("_source", {}))
+            for hit in answer["hits"]["hits"]
+        ]

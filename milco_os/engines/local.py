@@ -1,0 +1,313 @@
+"""An exact sparse index on local disk, for machines without a cluster.
+
+Each index is a directory::
+
+    <root>/<index>/index.json        _meta, settings and the list of segments
+    <root>/<index>/seg-000001.npz    per view: CSR matrix (float32) + its term list
+    <root>/<index>/seg-000001.jsonl  one source per line (vectors excluded), with its _id
+
+Every :meth:`LocalEngine.bulk_index` call writes one immutable segment and then
+commits it by rewriting ``index.json``; a later document with the same ``_id``
+replaces the earlier one. Search computes the exact dot products (float32
+weights, float64 sums) with scipy; there is no BM25, so ``hybrid`` is refused,
+and ``two-phase`` returns the exact ranking. One writer per index at a time.
+
+>>> import tempfile
+>>> engine = LocalEngine(tempfile.mkdtemp())
+>>> engine.create_index("demo", meta={"model": "m", "views": ["pivot"], "pruning": "none"})
+>>> engine.bulk_index("demo", [("d1#0", {"doc_id": "d1", "passage": 0, "pivot": {"dog": 2.0}})])
+[]
+>>> from milco_os.query import SparseQuery
+>>> from milco_os.sparse import SparseVector, SparseView
+>>> q = SparseQuery(SparseVector(SparseView.from_pairs([(1, "dog", 1.5)])))
+>>> [(h.id, h.score) for h in engine.search("demo", q)]
+[('d1#0', 3.0)]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from milco_os.engines.base import BulkFailure, Engine, EngineError, Hit, IndexNotFoundError
+from milco_os.mappings import complete_meta, mapping_template
+from milco_os.query import SparseQuery, Terms, fit_clause_limit
+from milco_os.sparse import VIEWS
+from milco_os.terms import FLOAT_MIN_NORMAL
+
+INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,200}$")
+FIELDS = frozenset(mapping_template("opensearch")["mappings"]["properties"])
+
+
+def default_root() -> Path:
+    """``$XDG_CACHE_HOME/milco-os/local`` (``~/.cache/milco-os/local`` by default)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "milco-os" / "local"
+
+
+def source_problem(source: Any) -> str | None:
+    """Why a cluster would reject ``source`` (the same rules, checked locally), or None."""
+    if not isinstance(source, dict):
+        return "the source is not a JSON object"
+    unknown = sorted(set(source) - FIELDS)
+    if unknown:
+        return f"unknown fields {unknown} (the mapping is strict)"
+    for view in VIEWS:
+        features = source.get(view, {})
+        if not isinstance(features, dict):
+            return f"field {view!r} is not an object of feature weights"
+        for name, weight in features.items():
+            if "." in name or not name:
+                return f"field {view!r}: feature name {name!r} is empty or has a dot"
+            if not isinstance(weight, int | float) or not math.isfinite(weight):
+                return f"field {view!r}: feature {name!r} has weight {weight!r}"
+            if weight < FLOAT_MIN_NORMAL:
+                return f"field {view!r}: feature {name!r} weight {weight} is below Float.MIN_NORMAL"
+    return None
+
+
+@dataclass
+class _Vocabulary:
+    """Term -> column of one view, growing as segments load."""
+
+    columns: dict[str, int] = field(default_factory=dict)
+    terms: list[str] = field(default_factory=list)
+
+    def column(self, term: str) -> int:
+        col = self.columns.get(term)
+        if col is None:
+            col = self.columns[term] = len(self.terms)
+            self.terms.append(term)
+        return col
+
+
+@dataclass
+class _Snapshot:
+    """The loaded segments of one index."""
+
+    segments: list[str] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    row_of: dict[str, int] = field(default_factory=dict)  # latest row of each _id
+    vocab: dict[str, _Vocabulary] = field(default_factory=lambda: {v: _Vocabulary() for v in VIEWS})
+    parts: dict[str, list[tuple[np.ndarray, ...]]] = field(
+        default_factory=lambda: {v: [] for v in VIEWS}
+    )  # per segment: (data, global columns, indptr)
+    _matrices: dict[str, sp.csr_matrix] | None = None
+
+    def load_segment(self, directory: Path, name: str) -> None:
+        arrays = np.load(directory / f"{name}.npz", allow_pickle=False)
+        with open(directory / f"{name}.jsonl", encoding="utf-8") as lines:
+            for line in lines:
+                source = json.loads(line)
+                doc_id = source.pop("_id")
+                self.row_of[doc_id] = len(self.ids)
+                self.ids.append(doc_id)
+                self.sources.append(source)
+        for view in VIEWS:
+            vocab = self.vocab[view]
+            remap = np.array([vocab.column(t) for t in arrays[f"{view}_terms"]], dtype=np.int64)
+            self.parts[view].append((arrays[f"{view}_data"], remap[arrays[f"{view}_indices"]],
+                                     arrays[f"{view}_indptr"]))
+        self.segments.append(name)
+        self._matrices = None
+
+    def live(self) -> np.ndarray:
+        """Rows holding the latest version of their _id."""
+        mask = np.zeros(len(self.ids), dtype=bool)
+        mask[list(self.row_of.values())] = True
+        return mask
+
+    def matrices(self) -> dict[str, sp.csr_matrix]:
+        """One CSR matrix per view over all rows."""
+        if self._matrices is None:
+            self._matrices = {}
+            for view in VIEWS:
+                width = max(len(self.vocab[view].terms), 1)
+                parts = [sp.csr_matrix(p, shape=(len(p[2]) - 1, width)) for p in self.parts[view]]
+                self._matrices[view] = (sp.vstack(parts, format="csr") if parts
+                                        else sp.csr_matrix((0, width), dtype=np.float32))
+        return self._matrices
+
+    def features(self, row: int) -> dict[str, dict[str, float]]:
+        out = {}
+        for view, matrix in self.matrices().items():
+            start, end = matrix.indptr[row], matrix.indptr[row + 1]
+            terms = self.vocab[view].terms
+            out[view] = {terms[c]: float(w) for c, w in
+                         zip(matrix.indices[start:end], matrix.data[start:end], strict=True)}
+        return out
+
+    def scores(self, terms: Terms) -> np.ndarray:
+        """Exact ``sum over views of matrix @ query`` for every row (float64)."""
+        total = np.zeros(len(self.ids), dtype=np.float64)
+        for view, matrix in self.matrices().items():
+            query = np.zeros(matrix.shape[1], dtype=np.float64)
+            columns = self.vocab[view].columns
+            for term, weight in terms.get(view, {}).items():
+                if term in columns:
+                    query[columns[term]] = weight
+            total += matrix @ query
+        return total
+
+
+class LocalEngine(Engine):
+    """MILCO indexes as files under ``root`` (see the module docstring)."""
+
+    name = "local"
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self.root = Path(root) if root is not None else default_root()
+        self._snapshots: dict[str, _Snapshot] = {}
+
+    def _dir(self, index: str) -> Path:
+        if not INDEX_NAME.match(index):
+            raise EngineError(f"invalid index name {index!r}: use lowercase letters, digits, "
+                              "'.', '_' and '-', starting with a letter or digit")
+        return self.root / index
+
+    def _manifest(self, index: str) -> dict[str, Any]:
+        path = self._dir(index) / "index.json"
+        if not path.exists():
+            raise IndexNotFoundError(f"no local index {index!r} under {self.root}")
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    def _write_manifest(self, index: str, manifest: dict[str, Any]) -> None:
+        path = self._dir(index) / "index.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, path)
+
+    def _snapshot(self, index: str) -> _Snapshot:
+        segments = self._manifest(index)["segments"]
+        snapshot = self._snapshots.get(index)
+        if snapshot is None or snapshot.segments != segments[: len(snapshot.segments)]:
+            snapshot = self._snapshots[index] = _Snapshot()
+        for name in segments[len(snapshot.segments):]:
+            snapshot.load_segment(self._dir(index), name)
+        return snapshot
+
+    def create_index(
+        self,
+        index: str,
+        *,
+        meta: dict[str, Any],
+        shards: int = 1,
+        replicas: int = 0,
+        refresh_interval: str | None = None,
+        exist_ok: bool = False,
+    ) -> None:
+        if self.index_exists(index):
+            if exist_ok:
+                return
+            raise EngineError(f"local index {index!r} already exists under {self.root}")
+        self._dir(index).mkdir(parents=True, exist_ok=True)
+        settings = {"shards": shards, "replicas": replicas, "refresh_interval": refresh_interval}
+        self._write_manifest(index, {"meta": complete_meta(meta), "settings": settings,
+                                     "segments": []})
+
+    def delete_index(self, index: str, *, missing_ok: bool = True) -> None:
+        if not self.index_exists(index):
+            if missing_ok:
+                return
+            raise IndexNotFoundError(f"no local index {index!r} under {self.root}")
+        self._snapshots.pop(index, None)
+        shutil.rmtree(self._dir(index))
+
+    def index_exists(self, index: str) -> bool:
+        return (self._dir(index) / "index.json").exists()
+
+    def index_info(self, index: str) -> dict[str, Any]:
+        manifest = self._manifest(index)
+        size = sum(p.stat().st_size for p in self._dir(index).iterdir() if p.is_file())
+        return {"index": index, "meta": manifest["meta"], "docs": self.count(index),
+                "store_bytes": size, "settings": manifest["settings"]}
+
+    def bulk_index(
+        self, index: str, docs: Sequence[tuple[str, dict[str, Any]]]
+    ) -> list[BulkFailure]:
+        manifest = self._manifest(index)
+        failures, accepted = [], []
+        for doc_id, source in docs:
+            problem = source_problem(source)
+            if problem:
+                failures.append(BulkFailure(doc_id, 400, f"mapper_parsing_exception: {problem}"))
+            else:
+                accepted.append((doc_id, source))
+        if accepted:
+            name = f"seg-{len(manifest['segments']) + 1:06d}"
+            self._write_segment(self._dir(index), name, accepted)
+            manifest["segments"].append(name)
+            self._write_manifest(index, manifest)
+        return failures
+
+    @staticmethod
+    def _write_segment(directory: Path, name: str, docs: list[tuple[str, dict[str, Any]]]) -> None:
+        arrays: dict[str, np.ndarray] = {}
+        for view in VIEWS:
+            vocab = _Vocabulary()
+            rows = [[(vocab.column(t), w) for t, w in source.get(view, {}).items()]
+                    for _, source in docs]
+            indptr = np.cumsum([0] + [len(r) for r in rows], dtype=np.int64)
+            arrays[f"{view}_indptr"] = indptr
+            arrays[f"{view}_indices"] = np.array([c for r in rows for c, _ in r], dtype=np.int64)
+            arrays[f"{view}_data"] = np.array([w for r in rows for _, w in r], dtype=np.float32)
+            arrays[f"{view}_terms"] = np.array(vocab.terms, dtype=np.str_)
+        np.savez(directory / f"{name}.npz", **arrays)
+        with open(directory / f"{name}.jsonl", "w", encoding="utf-8") as out:
+            for doc_id, source in docs:
+                meta = {k: v for k, v in source.items() if k not in VIEWS}
+                out.write(json.dumps({"_id": doc_id, **meta}, ensure_ascii=False) + "\n")
+
+    def existing_ids(self, index: str, ids: Sequence[str]) -> set[str]:
+        row_of = self._snapshot(index).row_of
+        return {i for i in ids if i in row_of}
+
+    def refresh(self, index: str) -> None:
+        self._snapshot(index)
+
+    def count(self, index: str) -> int:
+        return len(self._snapshot(index).row_of)
+
+    def get_sources(self, index: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        snapshot = self._snapshot(index)
+        out = {}
+        for doc_id in ids:
+            row = snapshot.row_of.get(doc_id)
+            if row is not None:
+                out[doc_id] = {**snapshot.sources[row], **snapshot.features(row)}
+        return out
+
+    def search(self, index: str, query: SparseQuery, k: int = 10) -> list[Hit]:
+        if query.mode in ("hybrid", "neural-sparse"):
+            raise EngineError(f"the local engine has no {query.mode!r} mode (it has no BM25 "
+                              "and no plugins); use mode 'default'")
+        snapshot = self._snapshot(index)
+        scores = snapshot.scores(fit_clause_limit(query.weighted_terms(), query.max_clauses))
+        rows = np.flatnonzero((scores > 0) & snapshot.live())
+        rows = rows[np.lexsort((rows, -scores[rows]))]  # by score, then insertion order
+        if query.collapse:
+            rows = _best_per_document(rows, snapshot.sources)
+        return [Hit(snapshot.ids[r], float(scores[r]), snapshot.sources[r]) for r in rows[:k]]
+
+
+def _best_per_document(rows: np.ndarray, sources: list[dict[str, Any]]) -> np.ndarray:
+    """The first (best) row of each ``doc_id``, order kept."""
+    seen: set[str] = set()
+    best = []
+    for row in rows:
+        doc = sources[row].get("doc_id")
+        if doc not in seen:
+            seen.add(doc)
+            best.append(row)
+    return np.array(best, dtype=np.int64)
