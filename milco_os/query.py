@@ -68,7 +68,7 @@ class SparseQuery:
     ``alpha``: ``None`` for the released score (plain sum of the two views),
     else pivot x ``alpha`` + echo x ``(1 - alpha)``. ``text``: the query text,
     required by ``mode="hybrid"``. ``collapse``: one hit per ``doc_id`` (its best
-    passage). ``max_clauses``: overrides the clause limit read from the cluster.
+    passage). ``max_clauses``: a clause limit below the cluster's, to cut long queries.
     """
 
     vector: SparseVector
@@ -134,8 +134,8 @@ def fit_clause_limit(terms: Terms, limit: int | None) -> Terms:
     if limit is None or total <= limit:
         return terms
     warnings.warn(
-        f"the query has {total} terms but the cluster allows {limit} clauses: kept the "
-        f"{limit} highest-weighted; raise the cluster setting {CLAUSE_SETTING} "
+        f"the query has {total} terms but only {limit} clauses fit under the clause limit: "
+        f"kept the {limit} highest-weighted; raise the cluster setting {CLAUSE_SETTING} "
         f"(dynamic in OpenSearch >= 2.16) to search with all of them",
         QueryPrunedWarning,
         stacklevel=3,
@@ -204,6 +204,22 @@ def text_clause_estimate(query: SparseQuery) -> int:
     return len(re.findall(r"\w", query.text)) * len(query.text_fields)
 
 
+def sparse_clause_limit(query: SparseQuery, max_clause_count: int | None) -> int | None:
+    """How many sparse terms may be sent: the smaller of ``query.max_clauses`` and the
+    cluster's ``max_clause_count``, less what the BM25 part may use (None: no limit)."""
+    limits = [n for n in (query.max_clauses, max_clause_count) if n is not None]
+    if not limits:
+        return None
+    return max(1, min(limits) - text_clause_estimate(query))
+
+
+def sent_terms(query: SparseQuery, max_clause_count: int | None) -> Terms:
+    """The weighted terms a search actually sends (cut to the clause limit, no warning)."""
+    limit = sparse_clause_limit(query, max_clause_count)
+    terms = query.weighted_terms()
+    return terms if limit is None else keep_top_terms(terms, limit)
+
+
 def bool_should(clauses: list[dict[str, Any]]) -> dict[str, Any]:
     return {"bool": {"should": clauses}}
 
@@ -217,16 +233,14 @@ def build_search_body(
 ) -> dict[str, Any]:
     """The ``_search`` body for ``query``; ``max_clause_count=None`` means no limit.
 
-    ``query.max_clauses`` wins over ``max_clause_count`` (the cluster's value).
+    The clause limit is the smaller of ``query.max_clauses`` and ``max_clause_count``
+    (the cluster's value).
     """
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown flavour {flavour!r}; expected one of {FLAVOURS}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    limit = query.max_clauses or max_clause_count
-    if limit is not None:
-        limit = max(1, limit - text_clause_estimate(query))
-    terms = fit_clause_limit(query.weighted_terms(), limit)
+    terms = fit_clause_limit(query.weighted_terms(), sparse_clause_limit(query, max_clause_count))
     body: dict[str, Any] = {
         "size": k,
         "track_total_hits": False,

@@ -57,6 +57,7 @@ class Engine(ABC):
     """A search backend holding MILCO indexes."""
 
     name: str  # "opensearch" | "elasticsearch" | "local"
+    max_clause_count: int | None = None  # terms a query may send (None: no limit)
 
     @abstractmethod
     def create_index(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from abc import abstractmethod
 from collections.abc import Sequence
-from functools import cached_property
 from typing import Any
 from urllib.parse import quote
 
@@ -71,11 +70,6 @@ class ClusterEngine(Engine):
         ndjson: bool = False,
     ) -> Any:
         """Send one request; return the decoded JSON answer."""
-
-    @cached_property
-    def max_clause_count(self) -> int | None:
-        """The cluster's clause limit, or ``None`` when the engine sizes it itself."""
-        return None
 
     @property
     def supports_neural_sparse(self) -> bool:
