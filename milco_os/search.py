@@ -23,7 +23,7 @@ document) can be read off directly.
 [['d1']]
 >>> print(searcher.explain(searcher.search(["狗"])[0][0], Encoder().encode(["狗"])[0]).format())
 d1#0 (doc d1): score 1 = sum of 1 shared terms (exact 1)
-  pivot  dog                        0.5 x 2 = 1
+  pivot  dog                           0.5 x 2 = 1
 """
 
 from __future__ import annotations
