@@ -281,7 +281,8 @@ class LocalCluster:
             health = _http_json(state.url + "/_cluster/health")
             nodes = _http_json(state.url + "/_nodes/plugins")["nodes"].values()
         except (OSError, ValueError) as exc:
-            raise ClusterError(f"cluster {self.name!r} at {state.url} does not answer: {exc}")
+            raise ClusterError(
+                f"cluster {self.name!r} at {state.url} does not answer: {exc}") from None
         return {
             "url": state.url,
             "runtime": state.runtime,

@@ -5,7 +5,8 @@ then the local cluster started by ``milco-os cluster up``:
 
 ==========================  =================================================
 ``MILCO_OS_URL``            cluster URL, e.g. ``https://search.example:9200``
-``MILCO_OS_ENGINE``         ``opensearch`` (default) or ``elasticsearch``
+``MILCO_OS_ENGINE``         ``opensearch`` (default), ``elasticsearch`` or ``local``
+``MILCO_OS_LOCAL_PATH``     folder of the embedded ``local`` engine
 ``MILCO_OS_USER``           basic-auth user
 ``MILCO_OS_PASSWORD``       basic-auth password (or ``MILCO_OS_PASSWORD_FILE``)
 ``MILCO_OS_API_KEY``        API key (or ``MILCO_OS_API_KEY_FILE``)
@@ -28,14 +29,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-ENGINES = ("opensearch", "elasticsearch")
+ENGINES = ("opensearch", "elasticsearch", "local")
 
 
 class ConnectionSettingsError(RuntimeError):
     """No cluster could be determined, or the settings are inconsistent."""
 
 
-def _read_secret(value: str | None, file: str | os.PathLike[str] | None, what: str) -> str | None:
+def _read_secret(value: str | None, file: str | os.PathLike[str] | None, what: str
+                 ) -> str | None:
     if value:
         return value
     if file:
@@ -43,7 +45,8 @@ def _read_secret(value: str | None, file: str | os.PathLike[str] | None, what: s
         try:
             return path.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise ConnectionSettingsError(f"cannot read {what} file {path}: {exc.strerror}") from None
+            message = f"cannot read {what} file {path}: {exc.strerror}"
+            raise ConnectionSettingsError(message) from None
     return None
 
 
@@ -59,10 +62,12 @@ class ConnectionSettings:
     ca_certs: str | None = None
     verify_certs: bool = True
     timeout: float = 60.0
+    local_path: str | None = None  # folder of the embedded engine, when engine == "local"
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
-            raise ConnectionSettingsError(f"unknown engine {self.engine!r}; expected one of {ENGINES}")
+            raise ConnectionSettingsError(
+                f"unknown engine {self.engine!r}; expected one of {ENGINES}")
         if self.password and not self.user:
             raise ConnectionSettingsError("a password was given without a user (set MILCO_OS_USER)")
 
@@ -83,12 +88,13 @@ class ConnectionSettings:
             api_key=_read_secret(env.get("MILCO_OS_API_KEY"), api_key_file, "API key"),
             ca_certs=env.get("MILCO_OS_CA_CERTS") or None,
             verify_certs=env.get("MILCO_OS_INSECURE", "") not in ("1", "true", "yes"),
+            local_path=env.get("MILCO_OS_LOCAL_PATH") or None,
         )
         return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
 
     def resolved(self) -> ConnectionSettings:
         """These settings, with the URL of the local cluster filled in when none was given."""
-        if self.url:
+        if self.url or self.engine == "local":
             return self
         from milco_os.cluster import LocalCluster
 

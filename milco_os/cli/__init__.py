@@ -9,6 +9,9 @@ import click
 
 from milco_os import __version__
 from milco_os.cli.cluster import cluster
+from milco_os.cli.encode import encode
+from milco_os.cli.ingest import ingest
+from milco_os.cli.model import model
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -18,3 +21,6 @@ def main() -> None:
 
 
 main.add_command(cluster)
+main.add_command(ingest)
+main.add_command(encode)
+main.add_command(model)
