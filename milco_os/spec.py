@@ -106,7 +106,9 @@ class IngestSpec:
         # Relative input files are relative to the spec file, not to the working directory.
         files = tuple(str(f if Path(f).is_absolute() else path.parent / f)
                       for f in spec.source.files)
-        return replace(spec, source=replace(spec.source, files=files))
+        model = str(Path(spec.model).expanduser()) if spec.model and spec.model[0] == "~" \
+            else spec.model
+        return replace(spec, model=model, source=replace(spec.source, files=files))
 
     @classmethod
     def find(cls, index: str) -> IngestSpec | None:
