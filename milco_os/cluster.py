@@ -199,6 +199,11 @@ class ClusterState:
         data["nodes"] = [NodeState(**n) for n in data.get("nodes", [])]
         return cls(**data)
 
+    @property
+    def urls(self) -> list[str]:
+        """Every node's HTTP URL (clients spread requests and fail over across them)."""
+        return [f"http://127.0.0.1:{n.http_port}" for n in self.nodes] or [self.url]
+
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(asdict(self), indent=2))
@@ -261,7 +266,7 @@ class LocalCluster:
         return ClusterState.load(self.state_file)
 
     def url(self) -> str | None:
-        """URL of this cluster when it was started and still answers."""
+        """URL of this cluster's first node when it was started and still answers."""
         state = self.state()
         if state is None:
             return None
@@ -270,6 +275,18 @@ class LocalCluster:
         except (OSError, ValueError):
             return None
         return state.url
+
+    def hosts(self) -> list[str]:
+        """URLs of this cluster's nodes that answer (empty when none does)."""
+        state = self.state()
+        alive = []
+        for url in state.urls if state else []:
+            try:
+                _http_json(url + "/", timeout=2)
+                alive.append(url)
+            except (OSError, ValueError):
+                continue
+        return alive
 
     def status(self) -> dict[str, Any]:
         """Version, nodes and health of the running cluster."""

@@ -4,7 +4,7 @@ Settings come from (highest first) explicit arguments, environment variables,
 then the local cluster started by ``milco-os cluster up``:
 
 ==========================  =================================================
-``MILCO_OS_URL``            cluster URL, e.g. ``https://search.example:9200``
+``MILCO_OS_URL``            cluster URL(s), comma-separated: ``https://a:9200,https://b:9200``
 ``MILCO_OS_ENGINE``         ``opensearch`` (default), ``elasticsearch`` or ``local``
 ``MILCO_OS_LOCAL_PATH``     folder of the embedded ``local`` engine
 ``MILCO_OS_USER``           basic-auth user
@@ -98,8 +98,8 @@ class ConnectionSettings:
             return self
         from milco_os.cluster import LocalCluster
 
-        url = LocalCluster().url()
-        if url is None:
+        url = ",".join(LocalCluster().hosts())
+        if not url:
             raise ConnectionSettingsError(
                 "no cluster configured: pass --url, set MILCO_OS_URL, "
                 "or start a local one with `milco-os cluster up`"
@@ -111,7 +111,7 @@ class ConnectionSettings:
         if not self.url:
             raise ConnectionSettingsError("no cluster URL (call resolved() first)")
         kwargs: dict[str, Any] = {
-            "hosts": [self.url],
+            "hosts": [u.strip() for u in self.url.split(",")],
             "verify_certs": self.verify_certs,
             "request_timeout" if self.engine == "elasticsearch" else "timeout": self.timeout,
         }

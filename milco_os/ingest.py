@@ -76,6 +76,7 @@ class IngestReport:
     indexed: int = 0
     skipped: int = 0
     failed: int = 0
+    retries: int = 0  # bulk requests or documents sent again after a transient refusal
     errors: list[str] = field(default_factory=list)
     terms: dict[str, list[int]] = field(default_factory=lambda: {v: [] for v in VIEWS})
     index_bytes: int | None = None
@@ -101,7 +102,8 @@ class IngestReport:
         return {
             "index": self.index, "read": self.read, "invalid": self.invalid,
             "passages": self.passages, "encoded": self.encoded, "indexed": self.indexed,
-            "skipped": self.skipped, "failed": self.failed, "terms_per_doc": self.term_stats(),
+            "skipped": self.skipped, "failed": self.failed, "retries": self.retries,
+            "terms_per_doc": self.term_stats(),
             "index_bytes": self.index_bytes, "seconds": round(self.seconds, 2),
             "docs_per_s": round(rate, 1), "errors": self.errors,
         }
@@ -151,7 +153,7 @@ class Ingestor:
             wait=wait_random_exponential(multiplier=0.5, max=max_wait),
             stop=stop_after_attempt(max_attempts), reraise=True,
         )
-        self.max_attempts = max_attempts
+        self.max_attempts, self.max_wait = max_attempts, max_wait
         tokenizer = getattr(encoder, "tokenizer", None)
         if spec.passages.window and tokenizer is None:
             raise ValueError("passage splitting needs the model's tokenizer (give a model)")
@@ -284,18 +286,26 @@ class Ingestor:
 
     # ------------------------------------------------------------------ upload
 
-    def send(self, docs: list[tuple[str, dict[str, Any]]]) -> list[BulkFailure]:
-        """One bulk request, retried as a whole on transient errors, and item-wise on 429."""
-        pending, failures = docs, []
+    def send(self, docs: list[tuple[str, dict[str, Any]]], report: IngestReport
+             ) -> list[BulkFailure]:
+        """One bulk request, retried as a whole on transient errors, then item by item
+        for documents refused with 429 (queue full) or 5xx (e.g. a shard moving)."""
+        pending: list[tuple[str, dict[str, Any]]] = docs
+        failures: list[BulkFailure] = []
         for attempt in range(self.max_attempts):
             failed = self.retrying(self.engine.bulk_index, self.spec.index, pending)
-            retry_ids = {f.id for f in failed if f.status == 429}
-            failures.extend(f for f in failed if f.status != 429)
-            pending = [d for d in pending if d[0] in retry_ids]
+            report.retries += self.retrying.statistics.get("attempt_number", 1) - 1
+            retry = {f.id: f for f in failed if _retryable(f.status)}
+            failures.extend(f for f in failed if not _retryable(f.status))
+            pending = [d for d in pending if d[0] in retry]
             if not pending:
                 return failures
-            time.sleep(min(0.5 * 2**attempt, 30.0) * np.random.uniform(0.5, 1.0))
-        return failures + [BulkFailure(i, 429, "still rejected (429) after retries")
+            if attempt + 1 == self.max_attempts:
+                break
+            report.retries += 1
+            time.sleep(min(0.5 * 2**attempt, self.max_wait) * np.random.uniform(0.5, 1.0))
+        return failures + [BulkFailure(i, retry[i].status, f"still refused after "
+                                       f"{self.max_attempts} attempts: {retry[i].reason}")
                            for i, _ in pending]
 
 
@@ -336,7 +346,7 @@ class _Uploader:
 
     def _flush(self, chunk: list[tuple[str, dict[str, Any]]]) -> None:
         try:
-            failures = self.ingestor.send(chunk)
+            failures = self.ingestor.send(chunk, self.report)
         except Exception as exc:  # retries exhausted, or a bug: stop ingesting, keep counts
             self.error = exc
             return
@@ -344,6 +354,10 @@ class _Uploader:
         for failure in failures:
             self.report.record_error(f"engine refused {failure.id!r} ({failure.status}): "
                                      f"{failure.reason}", self.sink)
+
+
+def _retryable(status: int) -> bool:
+    return status == 429 or status >= 500
 
 
 def _estimated_bytes(source: dict[str, Any]) -> int:

@@ -115,6 +115,7 @@ def test_transient_failures_are_retried(engine, index_name, tmp_path) -> None:
     flaky = FlakyEngine(engine, fail_calls=[1, 2, 4], reject_once={"doc-5#0", "doc-11#0"})
     report = run(flaky, spec_for(index_name), tmp_path / "c.jsonl")
     assert (report.indexed, report.failed) == (20, 0)
+    assert report.retries >= 4  # three whole requests and one round of two refused documents
     assert engine.count(index_name) == 20
 
 
