@@ -1,0 +1,129 @@
+"""The local on-disk engine: the Engine interface, persistence, and exact scores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _search_helpers import corpus, exact_matrix
+
+from milco_os.connection import ConnectionSettings
+from milco_os.documents import build_source
+from milco_os.engines import EngineError, IndexNotFoundError, open_engine
+from milco_os.engines.local import LocalEngine
+from milco_os.query import SparseQuery
+from milco_os.search import Searcher, SearchOptions
+from milco_os.sparse import SparseVector, SparseView
+
+META = {"model": "test-model", "views": ["pivot", "echo"], "pruning": "none"}
+
+
+def vec(pivot: dict[str, float], echo: dict[str, float] | None = None) -> SparseVector:
+    def view(d: dict[str, float]) -> SparseView:
+        return SparseView.from_arrays(np.arange(len(d)), np.array(list(d.values())), d)
+
+    return SparseVector(view(pivot), view(echo or {}))
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> LocalEngine:
+    engine = LocalEngine(tmp_path)
+    engine.create_index("idx", meta=META)
+    return engine
+
+
+def test_lifecycle_and_persistence(engine: LocalEngine, tmp_path: Path) -> None:
+    assert engine.index_exists("idx") and not engine.index_exists("other")
+    with pytest.raises(EngineError, match="already exists"):
+        engine.create_index("idx", meta=META)
+    engine.create_index("idx", meta=META, exist_ok=True)
+    docs = [("a#0", build_source("a", 0, vec({"u.s": 1.0}), title="A", lang="en")),
+            ("b#0", build_source("b", 0, vec({"x": 2.0}, {"▁x": 1.0})))]
+    assert engine.bulk_index("idx", docs) == []
+    reopened = LocalEngine(tmp_path)  # a new process sees what was written
+    assert reopened.count("idx") == 2
+    assert reopened.existing_ids("idx", ["a#0", "c#0"]) == {"a#0"}
+    assert reopened.get_sources("idx", ["b#0"])["b#0"] == {
+        "doc_id": "b", "passage": 0, "pivot": {"x": 2.0}, "echo": {"▁x": 1.0}}
+    info = reopened.index_info("idx")
+    assert info["meta"]["model"] == "test-model" and info["docs"] == 2 and info["store_bytes"] > 0
+    hits = reopened.search("idx", SparseQuery(vec({"u.s": 3.0})))
+    assert [(h.id, h.score, h.source["title"]) for h in hits] == [("a#0", 3.0, "A")]
+    reopened.delete_index("idx")
+    assert not engine.index_exists("idx")
+    with pytest.raises(IndexNotFoundError):
+        engine.count("idx")
+    with pytest.raises(IndexNotFoundError):
+        engine.delete_index("idx", missing_ok=False)
+
+
+def test_same_id_replaces_the_document(engine: LocalEngine) -> None:
+    engine.bulk_index("idx", [("a#0", build_source("a", 0, vec({"x": 1.0})))])
+    engine.bulk_index("idx", [("a#0", build_source("a", 0, vec({"y": 1.0})))])
+    assert engine.count("idx") == 1
+    assert engine.search("idx", SparseQuery(vec({"x": 1.0}))) == []
+    assert [h.id for h in engine.search("idx", SparseQuery(vec({"y": 1.0})))] == ["a#0"]
+
+
+def test_rejects_what_a_cluster_rejects(engine: LocalEngine) -> None:
+    failures = engine.bulk_index("idx", [
+        ("dot", {"doc_id": "dot", "pivot": {"a.b": 1.0}}),
+        ("zero", {"doc_id": "zero", "pivot": {"a": 0.0}}),
+        ("nan", {"doc_id": "nan", "echo": {"a": float("nan")}}),
+        ("field", {"doc_id": "field", "color": "red"}),
+        ("ok", {"doc_id": "ok", "pivot": {"a": 1.0}}),
+    ])
+    assert [(f.id, f.status) for f in failures] == [
+        ("dot", 400), ("zero", 400), ("nan", 400), ("field", 400)]
+    assert "unknown fields ['color']" in failures[3].reason
+    assert engine.count("idx") == 1
+
+
+def test_invalid_index_name(tmp_path: Path) -> None:
+    with pytest.raises(EngineError, match="invalid index name"):
+        LocalEngine(tmp_path).create_index("../escape", meta=META)
+
+
+def test_modes(engine: LocalEngine) -> None:
+    engine.bulk_index("idx", [(f"d{i}#{p}", build_source(f"d{i}", p, vec({"x": 1.0 + i + p})))
+                              for i in range(3) for p in range(2)])
+    query = vec({"x": 1.0})
+    collapsed = engine.search("idx", SparseQuery(query, collapse=True))
+    assert [(h.doc_id, h.score) for h in collapsed] == [("d2", 4.0), ("d1", 3.0), ("d0", 2.0)]
+    exact = engine.search("idx", SparseQuery(query), k=4)
+    assert engine.search("idx", SparseQuery(query, mode="two-phase"), k=4) == exact
+    with pytest.raises(EngineError, match="no 'hybrid' mode"):
+        engine.search("idx", SparseQuery(query, mode="hybrid", text="x"))
+
+
+def test_open_engine_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert isinstance(open_engine(None, "local", str(tmp_path)), LocalEngine)
+    assert isinstance(open_engine(None, local_path=str(tmp_path)), LocalEngine)
+    settings = ConnectionSettings(url="http://127.0.0.1:1")
+    assert open_engine(settings, "elasticsearch").name == "elasticsearch"
+    with pytest.raises(ValueError, match="unknown engine"):
+        open_engine(settings, "solr")
+
+
+def test_exact_top10_on_a_realistic_corpus(tmp_path: Path) -> None:
+    docs, queries = corpus(1800, 60, seed=3)
+    engine = LocalEngine(tmp_path)
+    engine.create_index("big", meta=META)
+    for start in range(0, len(docs), 500):
+        assert engine.bulk_index("big", docs[start:start + 500]) == []
+    for alpha in (None, 0.5):
+        exact = exact_matrix(docs, queries, alpha=alpha)
+        for q, query in enumerate(queries):
+            hits = engine.search("big", SparseQuery(query, alpha=alpha), k=10)
+            order = np.argsort(-exact[q], kind="stable")[:10]
+            assert [h.id for h in hits] == [docs[i][0] for i in order]
+            np.testing.assert_allclose([h.score for h in hits], exact[q, order], rtol=1e-6)
+
+    class Fixed:
+        def encode(self, texts, kind="query"):
+            return [queries[int(t)] for t in texts]
+
+    searcher = Searcher(engine, "big", Fixed(), SearchOptions(alpha=0.5))
+    for hit in searcher.search(["4"], k=5)[0]:
+        assert searcher.explain(hit, queries[4]).exact_score == pytest.approx(hit.score, rel=1e-6)
