@@ -460,8 +460,9 @@ def _fill_shapes_from_state(config: MilcoConfig, state: Mapping[str, torch.Tenso
             "type_vocab_size": _shape(state, "m_model.embeddings.token_type_embeddings.weight",
                                       0, 1),
         }
-        logger.info("config.json has no m_encoder_config; inferred from the checkpoint: %s",
-                    config.m_encoder_config)
+        logger.warning("config.json has no m_encoder_config; shapes inferred from the "
+                       "checkpoint, assuming attention heads of size 64: %s",
+                       config.m_encoder_config)
     if config.en_head_config is None and "mlm_head.predictions.decoder.weight" in state:
         vocab, hidden = state["mlm_head.predictions.decoder.weight"].shape
         config.en_head_config = {**PAPER_HEAD, "vocab_size": vocab, "hidden_size": hidden}
