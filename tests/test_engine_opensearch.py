@@ -15,7 +15,13 @@ from _search_helpers import corpus, exact_matrix
 
 from milco_os.connection import ConnectionSettings
 from milco_os.documents import build_source
-from milco_os.engines import BulkFailure, EngineError, IndexNotFoundError, open_engine
+from milco_os.engines import (
+    BulkFailure,
+    EngineError,
+    IndexNotFoundError,
+    TransientEngineError,
+    open_engine,
+)
 from milco_os.engines.opensearch import OpenSearchEngine
 from milco_os.query import QueryPrunedWarning, SparseQuery, build_search_body
 from milco_os.search import Searcher, SearchOptions
@@ -274,3 +280,9 @@ def test_bulk_reports_each_failure(engine: OpenSearchEngine, index: str) -> None
         warnings.simplefilter("error")
         engine.refresh(index)
     assert engine.count(index) == 1
+
+
+def test_unreachable_cluster_is_transient() -> None:
+    engine = OpenSearchEngine(ConnectionSettings(url="http://127.0.0.1:1", timeout=2))
+    with pytest.raises(TransientEngineError):
+        engine.count("anything")
