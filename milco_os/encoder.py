@@ -118,7 +118,10 @@ class SparseEncoder:
     def _tokenize(self, texts: list[str], max_length: int) -> list[list[int]]:
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length)
-        return [enc.ids for enc in self.tokenizer.encode_batch(texts)]
+        try:
+            return [enc.ids for enc in self.tokenizer.encode_batch(texts)]
+        finally:
+            self.tokenizer.no_truncation()
 
     @staticmethod
     def _batches(token_ids: list[list[int]], batch_size: int,
