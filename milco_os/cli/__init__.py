@@ -10,6 +10,7 @@ import click
 from milco_os import __version__
 from milco_os.cli.cluster import cluster
 from milco_os.cli.encode import encode
+from milco_os.cli.evaluate import evaluate
 from milco_os.cli.ingest import ingest
 from milco_os.cli.model import model
 
@@ -24,3 +25,4 @@ main.add_command(cluster)
 main.add_command(ingest)
 main.add_command(encode)
 main.add_command(model)
+main.add_command(evaluate)
