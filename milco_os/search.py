@@ -28,12 +28,14 @@ d1#0 (doc d1): score 1 = sum of 1 shared terms (exact 1)
 
 from __future__ import annotations
 
+import itertools
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from milco_os.engines.base import Engine, Hit
+from milco_os.engines.base import Engine, Hit, best_per_document
 from milco_os.query import QueryPrunedWarning, SparseQuery, sent_terms
 from milco_os.sparse import SparseVector
 from milco_os.terms import decode_term
@@ -60,8 +62,14 @@ class SearchOptions:
     max_clauses: int | None = None
 
     def query(self, vector: SparseVector, text: str | None = None) -> SparseQuery:
+        """The engine query for an encoded text (pruned here, so pass the raw vector).
+
+        Engines cannot collapse a rescored search: in two-phase mode
+        :class:`Searcher` collapses the rescored hits itself.
+        """
         return SparseQuery(
-            vector, alpha=self.alpha, mode=self.mode, text=text, collapse=self.collapse,
+            self.prune(vector) if self.prune else vector, alpha=self.alpha, mode=self.mode,
+            text=text, collapse=self.collapse and self.mode != "two-phase",
             prune_ratio=self.prune_ratio, expansion_rate=self.expansion_rate,
             max_clauses=self.max_clauses,
         )
@@ -120,17 +128,23 @@ class Searcher:
         self.options = options or SearchOptions()
 
     def encode(self, texts: Sequence[str]) -> list[SparseVector]:
-        """Query vectors for ``texts``, pruned when the options say so."""
-        vectors = self.encoder.encode(list(texts), kind="query")
-        prune = self.options.prune
-        return [prune(v) for v in vectors] if prune else vectors
-
-    def queries(self, texts: Sequence[str]) -> list[SparseQuery]:
-        return [self.options.query(v, t) for v, t in zip(self.encode(texts), texts, strict=True)]
+        """Query vectors for ``texts`` (unpruned: :meth:`SearchOptions.query` prunes)."""
+        return self.encoder.encode(list(texts), kind="query")
 
     def search(self, texts: Sequence[str], k: int = 10) -> list[list[Hit]]:
         """The top ``k`` hits of each text (``hit.doc_id`` is the corpus id)."""
-        return [self.engine.search(self.index, q, k) for q in self.queries(texts)]
+        return [self.search_vector(v, t, k)
+                for v, t in zip(self.encode(texts), texts, strict=True)]
+
+    def search_vector(self, vector: SparseVector, text: str | None = None,
+                      k: int = 10) -> list[Hit]:
+        """The top ``k`` hits of one encoded query (``text`` feeds hybrid mode's BM25)."""
+        query = self.options.query(vector, text)
+        if not (self.options.collapse and query.mode == "two-phase"):
+            return self.engine.search(self.index, query, k)
+        window = math.ceil(k * query.expansion_rate)  # the rescored, exactly scored hits
+        hits = best_per_document(self.engine.search(self.index, query, window))
+        return list(itertools.islice(hits, k))
 
     def explain(self, hit: Hit, query_vector: SparseVector, text: str | None = None) -> Explanation:
         """``hit``'s sparse score term by term, from the document vectors stored in the index.

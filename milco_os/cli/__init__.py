@@ -11,8 +11,10 @@ from milco_os import __version__
 from milco_os.cli.cluster import cluster
 from milco_os.cli.encode import encode
 from milco_os.cli.evaluate import evaluate
+from milco_os.cli.index import index
 from milco_os.cli.ingest import ingest
 from milco_os.cli.model import model
+from milco_os.cli.search import dsl, search
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -26,3 +28,6 @@ main.add_command(ingest)
 main.add_command(encode)
 main.add_command(model)
 main.add_command(evaluate)
+main.add_command(index)
+main.add_command(search)
+main.add_command(dsl)

@@ -9,7 +9,7 @@ exact on-disk index for machines without a cluster). Open one with
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,15 @@ class Hit:
     def doc_id(self) -> str:
         """The corpus's own document id (the engine id when the source has none)."""
         return str(self.source.get("doc_id", self.id))
+
+
+def best_per_document(hits: Iterable[Hit]) -> Iterator[Hit]:
+    """The first (best-ranked) hit of each ``doc_id``, in order."""
+    seen: set[str] = set()
+    for hit in hits:
+        if hit.doc_id not in seen:
+            seen.add(hit.doc_id)
+            yield hit
 
 
 @dataclass(frozen=True)

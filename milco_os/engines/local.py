@@ -26,12 +26,13 @@ and ``two-phase`` returns the exact ranking. One writer per index at a time.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,14 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from milco_os.engines.base import BulkFailure, Engine, EngineError, Hit, IndexNotFoundError
+from milco_os.engines.base import (
+    BulkFailure,
+    Engine,
+    EngineError,
+    Hit,
+    IndexNotFoundError,
+    best_per_document,
+)
 from milco_os.mappings import complete_meta, mapping_template
 from milco_os.query import SparseQuery, Terms, fit_clause_limit
 from milco_os.sparse import VIEWS
@@ -296,18 +304,9 @@ class LocalEngine(Engine):
         scores = snapshot.scores(fit_clause_limit(query.weighted_terms(), query.max_clauses))
         rows = np.flatnonzero((scores > 0) & snapshot.live())
         rows = rows[np.lexsort((rows, -scores[rows]))]  # by score, then insertion order
+        hits: Iterable[Hit] = (Hit(snapshot.ids[r], float(scores[r]), snapshot.sources[r])
+                               for r in rows)
         if query.collapse:
-            rows = _best_per_document(rows, snapshot.sources)
-        return [Hit(snapshot.ids[r], float(scores[r]), snapshot.sources[r]) for r in rows[:k]]
+            hits = best_per_document(hits)
+        return list(itertools.islice(hits, k))
 
-
-def _best_per_document(rows: np.ndarray, sources: list[dict[str, Any]]) -> np.ndarray:
-    """The first (best) row of each ``doc_id``, order kept."""
-    seen: set[str] = set()
-    best = []
-    for row in rows:
-        doc = sources[row].get("doc_id")
-        if doc not in seen:
-            seen.add(doc)
-            best.append(row)
-    return np.array(best, dtype=np.int64)

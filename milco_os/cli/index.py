@@ -1,0 +1,128 @@
+"""`milco-os index create|delete|info NAME`, and the engine options shared with search."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from milco_os.cli.options import connection_options
+from milco_os.connection import ConnectionSettings
+from milco_os.sparse import VIEWS
+
+_LOCAL = "milco_os.engine_is_local"
+
+
+def _take_local(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """``--engine local`` is not a cluster flavour: note it and pass no flavour on."""
+    if value == "local":
+        ctx.meta[_LOCAL] = True
+        return None
+    return value
+
+
+def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Cluster options plus ``--engine local`` / ``--local-path``; the command receives
+    ``engine: Engine``.
+
+    Without a configured or running cluster, the local on-disk engine is used.
+    """
+
+    @connection_options
+    @click.option("--local-path", type=click.Path(file_okay=False),
+                  help="Folder of the local engine's indexes [default: ~/.cache/milco-os/local]; "
+                       "implies --engine local.")
+    @functools.wraps(func)
+    def wrapper(*args: Any, settings: ConnectionSettings, local_path: str | None,
+                **kwargs: Any) -> Any:
+        from milco_os.connection import ConnectionSettingsError
+        from milco_os.engines import open_engine
+
+        local = click.get_current_context().meta.get(_LOCAL, False)
+        try:
+            engine = open_engine(settings, "local" if local else None, local_path)
+        except ConnectionSettingsError as exc:
+            raise click.UsageError(str(exc)) from None
+        return func(*args, engine=engine, **kwargs)
+
+    for param in wrapper.__click_params__:
+        if param.name == "engine":  # widen the cluster flavours with the local engine
+            param.type = click.Choice([*param.type.choices, "local"])
+            param.callback = _take_local
+            param.help = "Search engine: a cluster flavour, or local (an on-disk exact index)."
+    return wrapper
+
+
+def _views(_ctx: click.Context, _param: click.Parameter, value: str) -> list[str]:
+    views = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [v for v in views if v not in VIEWS]
+    if unknown or not views:
+        raise click.BadParameter(f"{value!r}: expected a comma-separated subset of {VIEWS}")
+    return views
+
+
+@click.group()
+def index() -> None:
+    """Create, delete and inspect MILCO indexes."""
+
+
+@index.command()
+@click.argument("name")
+@click.option("--model", required=True, help="Model folder or hub id the index is built with "
+                                             "(recorded in _meta; search uses it by default).")
+@click.option("--views", default="pivot,echo", show_default=True, callback=_views,
+              help="Sparse views stored.")
+@click.option("--pruning", default="none", show_default=True,
+              help="Document pruning the index is built with (recorded in _meta).")
+@click.option("--shards", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--replicas", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--refresh-interval", help="e.g. 30s, or -1 during bulk loads.")
+@click.option("--exist-ok", is_flag=True, help="Succeed when the index already exists.")
+@engine_options
+def create(name: str, model: str, views: list[str], pruning: str, shards: int, replicas: int,
+           refresh_interval: str | None, exist_ok: bool, engine) -> None:
+    """Create index NAME with the MILCO mapping."""
+    from milco_os.engines import EngineError
+
+    meta = {"model": model, "views": views, "pruning": pruning}
+    try:
+        engine.create_index(name, meta=meta, shards=shards, replicas=replicas,
+                            refresh_interval=refresh_interval, exist_ok=exist_ok)
+    except (EngineError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"created {engine.name} index {name!r}", err=True)
+
+
+@index.command()
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--missing-ok", is_flag=True, help="Succeed when the index does not exist.")
+@engine_options
+def delete(name: str, yes: bool, missing_ok: bool, engine) -> None:
+    """Delete index NAME and all its documents."""
+    from milco_os.engines import EngineError
+
+    if not yes:
+        click.confirm(f"Delete {engine.name} index {name!r} and all its documents?", abort=True)
+    try:
+        engine.delete_index(name, missing_ok=missing_ok)
+    except EngineError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"deleted {engine.name} index {name!r}", err=True)
+
+
+@index.command()
+@click.argument("name")
+@engine_options
+def info(name: str, engine) -> None:
+    """Print index NAME's _meta, document count, size and settings as JSON."""
+    from milco_os.engines import EngineError
+
+    try:
+        details = engine.index_info(name)
+    except EngineError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps({"engine": engine.name, **details}, indent=2, ensure_ascii=False))

@@ -1,0 +1,163 @@
+"""`milco-os search` (query an index with text) and `milco-os dsl` (print a query body)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from milco_os.cli.index import engine_options
+from milco_os.cli.options import connection_options
+from milco_os.connection import ConnectionSettings, ConnectionSettingsError
+from milco_os.query import MODES
+
+
+def load_encoder(model: str, device: str | None) -> Any:
+    """The query encoder of ``model`` (a folder or hub id)."""
+    from milco_os.encoder import SparseEncoder
+
+    return SparseEncoder.from_pretrained(model, device=device)
+
+
+def _options(alpha: float | None, mode: str, collapse: bool, query_prune: str | None) -> Any:
+    from milco_os.pruning import Pruning
+    from milco_os.search import SearchOptions
+
+    try:
+        prune = Pruning.parse(query_prune).apply if query_prune else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--query-prune") from None
+    return SearchOptions(alpha=alpha, mode=mode, collapse=collapse, prune=prune)
+
+
+def _texts(texts: tuple[str, ...]) -> list[str]:
+    """The query texts: the arguments, or one per line of standard input."""
+    found = list(texts) or [line.strip() for line in sys.stdin if line.strip()]
+    if not found:
+        raise click.UsageError("no query: give TEXT arguments or lines on standard input")
+    return found
+
+
+def _model_of(engine: Any, index: str, model: str | None) -> str:
+    """``model``, else the model recorded in the index's ``_meta``."""
+    if model:
+        return model
+    recorded = engine.meta(index).get("model")
+    if not recorded:
+        raise click.UsageError(f"index {index!r} records no model in its _meta: pass --model")
+    return recorded
+
+
+_query_options = [
+    click.option("--alpha", type=click.FloatRange(0.0, 1.0),
+                 help="Weight pivot x alpha + echo x (1 - alpha) [default: the released plain "
+                      "sum; 0.5 ranks the same with halved scores]."),
+    click.option("--mode", type=click.Choice(MODES), default="default", show_default=True,
+                 help="default: exact dot product; two-phase: high-weight terms then rescoring; "
+                      "hybrid: plus BM25; neural-sparse: OpenSearch neural_sparse query."),
+    click.option("--query-prune", help="Prune query vectors: none | mass:P | topk:K | "
+                                       "threshold:T."),
+    click.option("--collapse/--no-collapse", default=True, show_default=True,
+                 help="One hit per document (its best passage)."),
+    click.option("--device", help="Torch device for the model."),
+]
+
+
+def query_options(func: Any) -> Any:
+    for option in reversed(_query_options):
+        func = option(func)
+    return func
+
+
+@click.command()
+@click.argument("texts", nargs=-1)
+@click.option("--index", "index_name", required=True, help="Index to search.")
+@click.option("--model", help="Model folder or hub id [default: the model in the index _meta].")
+@click.option("--k", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Hits per query.")
+@query_options
+@click.option("--json", "as_json", is_flag=True,
+              help='One JSON line per query: {"query", "hits": [{"id", "score", "title"}]}.')
+@click.option("--explain", is_flag=True, help="Show the shared terms behind each hit's score.")
+@engine_options
+def search(texts: tuple[str, ...], index_name: str, model: str | None, k: int,
+           alpha: float | None, mode: str, query_prune: str | None, collapse: bool,
+           device: str | None, as_json: bool, explain: bool, engine: Any) -> None:
+    """Search an index with TEXT (or one query per line of standard input).
+
+    Hit ids are the corpus's own document ids.
+    """
+    from milco_os.engines import EngineError
+    from milco_os.search import Searcher
+
+    queries = _texts(texts)
+    try:
+        encoder = load_encoder(_model_of(engine, index_name, model), device)
+        searcher = Searcher(engine, index_name, encoder,
+                            _options(alpha, mode, collapse, query_prune))
+        vectors = searcher.encode(queries)
+        for text, vector in zip(queries, vectors, strict=True):
+            hits = searcher.search_vector(vector, text, k)
+            explanations = [searcher.explain(h, vector, text) for h in hits] if explain else []
+            if as_json:
+                click.echo(json.dumps(_json_line(text, hits, explanations), ensure_ascii=False))
+            else:
+                click.echo(_text_block(text, hits, explanations))
+    except (EngineError, ValueError, LookupError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _json_line(text: str, hits: list, explanations: list) -> dict[str, Any]:
+    rows = [{"id": h.doc_id, "score": h.score, "title": h.source.get("title")} for h in hits]
+    for row, explanation in zip(rows, explanations, strict=False):
+        row["explain"] = [{"view": c.view, "term": c.term, "query_weight": c.query_weight,
+                           "doc_weight": c.doc_weight, "value": c.value}
+                          for c in explanation.contributions]
+    return {"query": text, "hits": rows}
+
+
+def _text_block(text: str, hits: list, explanations: list) -> str:
+    lines = [f"query: {text}"]
+    for rank, hit in enumerate(hits, 1):
+        title = hit.source.get("title") or (hit.source.get("text") or "")[:60]
+        lines.append(f"{rank:3d}. {hit.doc_id}  {hit.score:.4f}  {title}")
+        if explanations:
+            lines.extend("     " + line for line in explanations[rank - 1].format(top=10)
+                         .splitlines()[1:])
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("text")
+@click.option("--model", help="Model folder or hub id [default: the model in --index's _meta].")
+@click.option("--index", "index_name",
+              help="Build the body for this index's cluster (its clause limit and flavour).")
+@click.option("--k", type=click.IntRange(min=1), default=10, show_default=True)
+@query_options
+@connection_options
+def dsl(text: str, model: str | None, index_name: str | None, k: int, alpha: float | None,
+        mode: str, query_prune: str | None, collapse: bool, device: str | None,
+        settings: ConnectionSettings) -> None:
+    """Print the _search body for TEXT, to paste into any OpenSearch/Elasticsearch client.
+
+    Without --index, the body is for the --engine flavour with the default
+    clause limit (1024).
+    """
+    from milco_os.engines import EngineError, open_engine
+    from milco_os.query import build_search_body
+
+    if not (model or index_name):
+        raise click.UsageError("give --model, or --index to use the model recorded there")
+    options = _options(alpha, mode, collapse, query_prune)
+    try:
+        engine = open_engine(settings, settings.engine) if index_name else None
+        encoder = load_encoder(_model_of(engine, index_name, model) if engine else model, device)
+        [vector] = encoder.encode([text], kind="query")
+        query = options.query(vector, text)
+        body = (engine.search_body(query, k) if engine
+                else build_search_body(query, k, flavour=settings.engine))
+    except (EngineError, ValueError, ConnectionSettingsError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(body, indent=2, ensure_ascii=False))
