@@ -165,7 +165,11 @@ class Ingestor:
     def run(self, records: Iterable[Record]) -> IngestReport:
         report = IngestReport(self.spec.index)
         start = time.monotonic()
-        self._ensure_index()
+        try:
+            self.retrying(self._ensure_index)
+        except TransientEngineError as exc:
+            raise IngestError(f"cannot reach the cluster ({self.max_attempts} attempts): {exc}",
+                              report) from exc
         sink = self.error_log.open("a", encoding="utf-8") if self.error_log else None
         uploader = _Uploader(self, report, sink)
         bar = tqdm(desc=f"ingest {self.spec.index}", unit="doc", disable=not self.progress,

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
+from _ingest_helpers import write_corpus
 
 from milco_os.connection import ConnectionSettings
 from milco_os.corpus import read_files
@@ -18,22 +18,6 @@ from milco_os.ingest import IngestError, Ingestor, engine_id
 from milco_os.spec import BatchSizes, IngestSpec
 
 pytestmark = pytest.mark.cluster
-
-
-def write_corpus(path: Path, n: int, seed: int = 0) -> list[dict[str, Any]]:
-    """``n`` documents with pre-encoded vectors (so no model is needed)."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n):
-        terms = rng.choice(5000, size=20, replace=False)
-        weights = rng.uniform(0.1, 3, 20)
-        rows.append({
-            "id": f"doc-{i}", "text": f"text of document {i}", "title": f"T{i}",
-            "pivot": {f"t{t}": float(w) for t, w in zip(terms, weights, strict=True)},
-            "echo": {"▁x.y": 0.5},
-        })
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return rows
 
 
 @pytest.fixture

@@ -41,6 +41,8 @@ def _parse_shard(_ctx: click.Context, _param: click.Parameter, value: str | None
 @click.option("--shard", "shard_of", callback=_parse_shard, metavar="I/N",
               help="Ingest only records I, I+N, I+2N, ... so N workers share one corpus.")
 @click.option("--resume", is_flag=True, help="Skip documents already in the index.")
+@click.option("--retries", "max_attempts", default=8, show_default=True,
+              help="Attempts per bulk request on 429/5xx/timeouts (exponential backoff).")
 @click.option("--errors-out", type=click.Path(dir_okay=False),
               help="Write every failed record, with its reason, to this JSONL file.")
 @click.option("--device", help="Torch device for the model (default: cuda when available).")
@@ -48,8 +50,8 @@ def _parse_shard(_ctx: click.Context, _param: click.Parameter, value: str | None
 @connection_options
 def ingest(index: str, spec_path: str | None, inputs: tuple[str, ...], model: str | None,
            prune: str | None, max_length: int | None, batch_size: int | None, lang: str | None,
-           shard_of: tuple[int, int], resume: bool, errors_out: str | None, device: str | None,
-           quiet: bool, settings: ConnectionSettings) -> None:
+           shard_of: tuple[int, int], resume: bool, max_attempts: int, errors_out: str | None,
+           device: str | None, quiet: bool, settings: ConnectionSettings) -> None:
     """Encode a corpus and bulk-index its pivot and echo vectors.
 
     Prints a JSON report: read, encoded, indexed, skipped, failed, terms per
@@ -77,12 +79,13 @@ def ingest(index: str, spec_path: str | None, inputs: tuple[str, ...], model: st
                f"(model {spec.model or 'none: pre-encoded vectors'}, prune {spec.prune})",
                err=True)
     ingestor = Ingestor(engine, spec, encoder, pruning, resume=resume, shard_of=shard_of,
-                        progress=not quiet, error_log=errors_out)
+                        progress=not quiet, error_log=errors_out, max_attempts=max_attempts)
     try:
         report = ingestor.run(read_source(spec))
     except IngestError as exc:
         click.echo(json.dumps(exc.report.summary(), ensure_ascii=False))
-        click.echo(f"error: {exc}", err=True)
+        where = getattr(getattr(engine, "settings", None), "url", None) or engine.name
+        click.echo(f"error: {exc} [cluster: {where}]", err=True)
         sys.exit(2)
     except (EngineError, ValueError, FileNotFoundError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -1,0 +1,5 @@
+"""``python -m milco_os.cli`` runs the ``milco-os`` command."""
+
+from milco_os.cli import main
+
+main()
