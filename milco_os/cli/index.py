@@ -13,46 +13,26 @@ from milco_os.cli.options import connection_options
 from milco_os.connection import ConnectionSettings
 from milco_os.sparse import VIEWS
 
-_LOCAL = "milco_os.engine_is_local"
-
-
-def _take_local(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    """``--engine local`` is not a cluster flavour: note it and pass no flavour on."""
-    if value == "local":
-        ctx.meta[_LOCAL] = True
-        return None
-    return value
-
 
 def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Cluster options plus ``--engine local`` / ``--local-path``; the command receives
-    ``engine: Engine``.
+    """The cluster options of :func:`connection_options` (``--engine local`` and
+    ``--local-path`` included); the command receives ``engine: Engine``.
 
     Without a configured or running cluster, the local on-disk engine is used.
     """
 
     @connection_options
-    @click.option("--local-path", type=click.Path(file_okay=False),
-                  help="Folder of the local engine's indexes [default: ~/.cache/milco-os/local]; "
-                       "implies --engine local.")
     @functools.wraps(func)
-    def wrapper(*args: Any, settings: ConnectionSettings, local_path: str | None,
-                **kwargs: Any) -> Any:
+    def wrapper(*args: Any, settings: ConnectionSettings, **kwargs: Any) -> Any:
         from milco_os.connection import ConnectionSettingsError
         from milco_os.engines import open_engine
 
-        local = click.get_current_context().meta.get(_LOCAL, False)
         try:
-            engine = open_engine(settings, "local" if local else None, local_path)
+            engine = open_engine(settings)
         except ConnectionSettingsError as exc:
             raise click.UsageError(str(exc)) from None
         return func(*args, engine=engine, **kwargs)
 
-    for param in wrapper.__click_params__:
-        if param.name == "engine":  # widen the cluster flavours with the local engine
-            param.type = click.Choice([*param.type.choices, "local"])
-            param.callback = _take_local
-            param.help = "Search engine: a cluster flavour, or local (an on-disk exact index)."
     return wrapper
 
 

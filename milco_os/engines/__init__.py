@@ -40,17 +40,22 @@ def open_engine(
 ) -> Engine:
     """The engine to use.
 
-    ``engine="local"`` (or a ``local_path``) opens the on-disk index under
-    ``local_path`` (default ``~/.cache/milco-os/local``). Otherwise the cluster of
-    ``settings`` (default: from ``MILCO_OS_*``), with ``engine`` overriding its
-    flavour; when no cluster is configured or running and no engine was named,
-    the local engine is the fallback.
+    ``engine`` overrides ``settings.engine`` (default settings: from ``MILCO_OS_*``)
+    and ``local_path`` overrides ``settings.local_path``. ``"local"`` (or a
+    ``local_path`` argument with no engine named) opens the on-disk index under
+    that folder (default ``~/.cache/milco-os/local``). Otherwise the configured
+    cluster is used, and when none is configured or running and no engine was
+    named here, the local engine is the fallback.
     """
     if engine not in (None, *ENGINE_NAMES):
         raise ValueError(f"unknown engine {engine!r}; expected one of {ENGINE_NAMES}")
-    if engine == "local" or (engine is None and local_path is not None):
-        return _local(local_path)
     settings = settings or ConnectionSettings.from_env()
+    wants_local = engine == "local" or (
+        engine is None and (local_path is not None or settings.engine == "local")
+    )
+    local_path = local_path or settings.local_path
+    if wants_local:
+        return _local(local_path)
     if engine is not None and engine != settings.engine:
         settings = replace(settings, engine=engine)
     try:
