@@ -315,8 +315,12 @@ class LocalCluster:
     # -- lifecycle
 
     def up(self, nodes: int = 1, version: str = OPENSEARCH_VERSION, heap: str = "512m",
-           http_port: int | None = None, timeout: float = 180.0) -> ClusterState:
-        """Start ``nodes`` OpenSearch nodes and wait until the cluster is green."""
+           http_port: int | None = None, timeout: float = 180.0,
+           settings: dict[str, Any] | None = None) -> ClusterState:
+        """Start ``nodes`` OpenSearch nodes and wait until the cluster is green.
+
+        ``settings`` are extra ``opensearch.yml`` settings for every node.
+        """
         if (url := self.url()) is not None:
             raise ClusterError(f"cluster {self.name!r} is already running at {url}")
         if nodes < 1:
@@ -332,7 +336,7 @@ class LocalCluster:
         state = ClusterState(self.name, version, "local", f"http://127.0.0.1:{ports[0][0]}")
         for i, (http, transport) in enumerate(ports):
             node_dir = folder / names[i]
-            self._write_config(home, node_dir, names, ports, i, heap)
+            self._write_config(home, node_dir, names, ports, i, heap, settings or {})
             _chown_tree(folder, user)
             pid = self._spawn(home, node_dir, java_home, user)
             state.nodes.append(NodeState(names[i], pid, http, transport, str(node_dir)))
@@ -372,7 +376,8 @@ class LocalCluster:
 
     @staticmethod
     def _write_config(home: Path, node_dir: Path, names: list[str],
-                      ports: list[tuple[int, int]], index: int, heap: str) -> None:
+                      ports: list[tuple[int, int]], index: int, heap: str,
+                      extra: dict[str, Any]) -> None:
         config = node_dir / "config"
         shutil.copytree(home / "config", config)
         (node_dir / "data").mkdir()
@@ -394,6 +399,7 @@ class LocalCluster:
         else:
             settings["discovery.seed_hosts"] = [f"127.0.0.1:{t}" for _, t in ports]
             settings["cluster.initial_cluster_manager_nodes"] = names
+        settings.update(extra)
         (config / "opensearch.yml").write_text(json.dumps(settings, indent=1))  # JSON is YAML
         (config / "jvm.options.d" / "heap.options").write_text(f"-Xms{heap}\n-Xmx{heap}\n")
         # The launcher runs from the (read-only) distribution folder, so the relative

@@ -34,16 +34,24 @@ def cluster() -> None:
               help="OpenSearch version (3.x needs Java 21).")
 @click.option("--heap", default="512m", show_default=True, help="JVM heap per node.")
 @click.option("--port", type=int, help="HTTP port of the first node [default: a free port].")
+@click.option("--setting", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Extra opensearch.yml setting for every node (local runtime). Repeatable.")
 @click.option("--runtime", type=click.Choice(["auto", "local", "docker"]), default="auto",
               show_default=True,
               help="`docker`: docker compose with docker/compose.yml; `local`: OpenSearch from "
                    "Maven Central, no Docker; `auto`: docker when a Docker engine answers.")
 @click.option("--compose-file", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("docker/compose.yml"), show_default=True)
-def up(name: str, nodes: int, version: str, heap: str, port: int | None, runtime: str,
-       compose_file: Path) -> None:
+def up(name: str, nodes: int, version: str, heap: str, port: int | None,
+       settings: tuple[str, ...], runtime: str, compose_file: Path) -> None:
     """Start a cluster, wait until it is green, and print its URL."""
     start = time.monotonic()
+    extra = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint="--setting")
+        extra[key] = value
     try:
         if runtime == "docker" or (runtime == "auto" and _docker_available()
                                    and compose_file.exists()):
@@ -52,7 +60,7 @@ def up(name: str, nodes: int, version: str, heap: str, port: int | None, runtime
             click.echo(f"starting OpenSearch {version} ({nodes} node(s), heap {heap})...",
                        err=True)
             state = LocalCluster(name).up(nodes=nodes, version=version, heap=heap,
-                                          http_port=port)
+                                          http_port=port, settings=extra)
     except ClusterError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"cluster {name!r} is green after {time.monotonic() - start:.1f}s "
