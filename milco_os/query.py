@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from milco_os.sparse import VIEWS, SparseVector
-from milco_os.terms import convert_view, decode_term
+from milco_os.terms import convert_view
 
 MODES = ("default", "two-phase", "hybrid", "neural-sparse")
 FLAVOURS = ("opensearch", "elasticsearch")
@@ -274,7 +274,3 @@ def rescore(low: Terms, flavour: str, window: int) -> dict[str, Any]:
         },
     }
 
-
-def display_terms(terms: Terms) -> dict[str, dict[str, float]]:
-    """``terms`` with escapes undone, for people to read."""
-    return {view: {decode_term(t): w for t, w in ts.items()} for view, ts in terms.items()}

@@ -276,10 +276,13 @@ def test_bulk_reports_each_failure(engine: OpenSearchEngine, index: str) -> None
     failures = engine.bulk_index(index, [("g#0", good), ("b#0", {"doc_id": "b", "oops": 1})])
     assert failures == [BulkFailure("b#0", 400, failures[0].reason)]
     assert "strict_dynamic_mapping_exception" in failures[0].reason
+    nan = {"doc_id": "n", "pivot": {"a": float("nan")}}
+    failures = engine.bulk_index(index, [("n#0", nan), ("h#0", good)])
+    assert [(f.id, f.status) for f in failures] == [("n#0", 400)] and "NaN" in failures[0].reason
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         engine.refresh(index)
-    assert engine.count(index) == 1
+    assert engine.count(index) == 2
 
 
 def test_unreachable_cluster_is_transient() -> None:

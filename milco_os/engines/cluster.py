@@ -126,16 +126,20 @@ class ClusterEngine(Engine):
     def bulk_index(
         self, index: str, docs: Sequence[tuple[str, dict[str, Any]]]
     ) -> list[BulkFailure]:
-        if not docs:
-            return []
-        lines = []
+        lines, failures = [], []
         for doc_id, source in docs:
-            lines.append(json.dumps({"index": {"_index": index, "_id": doc_id}}))
-            lines.append(json.dumps(source, ensure_ascii=False, allow_nan=False))
+            try:  # NaN/inf are not JSON: refuse that document alone, as the engine would
+                line = json.dumps(source, ensure_ascii=False, allow_nan=False)
+            except ValueError as exc:
+                failures.append(BulkFailure(
+                    doc_id, 400, f"mapper_parsing_exception: a value is NaN or infinite ({exc})"))
+                continue
+            lines += [json.dumps({"index": {"_index": index, "_id": doc_id}}), line]
+        if not lines:
+            return failures
         answer = self.request("POST", "/_bulk", "\n".join(lines) + "\n", ndjson=True)
         if not answer.get("errors"):
-            return []
-        failures = []
+            return failures
         for item in answer["items"]:
             result = next(iter(item.values()))
             if result.get("status", 200) >= 300:
