@@ -127,3 +127,13 @@ def test_exact_top10_on_a_realistic_corpus(tmp_path: Path) -> None:
     searcher = Searcher(engine, "big", Fixed(), SearchOptions(alpha=0.5))
     for hit in searcher.search(["4"], k=5)[0]:
         assert searcher.explain(hit, queries[4]).exact_score == pytest.approx(hit.score, rel=1e-6)
+
+
+def test_two_writers_share_one_index(engine: LocalEngine, tmp_path: Path) -> None:
+    other = LocalEngine(tmp_path)
+    engine.bulk_index("idx", [("a#0", build_source("a", 0, vec({"x": 1.0})))])
+    other.bulk_index("idx", [("b#0", build_source("b", 0, vec({"x": 2.0})))])
+    engine.bulk_index("idx", [("b#0", build_source("b", 0, vec({"x": 3.0})))])
+    for reader in (engine, other, LocalEngine(tmp_path)):
+        hits = reader.search("idx", SparseQuery(vec({"x": 1.0})))
+        assert [(h.id, h.score) for h in hits] == [("b#0", 3.0), ("a#0", 1.0)]

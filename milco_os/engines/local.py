@@ -3,14 +3,16 @@
 Each index is a directory::
 
     <root>/<index>/index.json        _meta, settings and the list of segments
-    <root>/<index>/seg-000001.npz    per view: CSR matrix (float32) + its term list
-    <root>/<index>/seg-000001.jsonl  one source per line (vectors excluded), with its _id
+    <root>/<index>/seg-<time>-<id>.npz    per view: CSR matrix (float32) + its term list
+    <root>/<index>/seg-<time>-<id>.jsonl  one source per line (vectors excluded), with its _id
 
 Every :meth:`LocalEngine.bulk_index` call writes one immutable segment and then
 commits it by rewriting ``index.json``; a later document with the same ``_id``
 replaces the earlier one. Search computes the exact dot products (float32
 weights, float64 sums) with scipy; there is no BM25, so ``hybrid`` is refused,
-and ``two-phase`` returns the exact ranking. One writer per index at a time.
+and ``two-phase`` returns the exact ranking. Several processes may write one
+index at once (commits take a file lock); each sees the others' documents at
+its next call.
 
 >>> import tempfile
 >>> engine = LocalEngine(tempfile.mkdtemp())
@@ -26,13 +28,17 @@ and ``two-phase`` returns the exact ranking. One writer per index at a time.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import itertools
 import json
 import math
 import os
 import re
 import shutil
-from collections.abc import Iterable, Sequence
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,7 +250,7 @@ class LocalEngine(Engine):
     def bulk_index(
         self, index: str, docs: Sequence[tuple[str, dict[str, Any]]]
     ) -> list[BulkFailure]:
-        manifest = self._manifest(index)
+        self._manifest(index)  # the index must exist
         failures, accepted = [], []
         for doc_id, source in docs:
             problem = source_problem(source)
@@ -253,11 +259,23 @@ class LocalEngine(Engine):
             else:
                 accepted.append((doc_id, source))
         if accepted:
-            name = f"seg-{len(manifest['segments']) + 1:06d}"
+            name = f"seg-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"  # unique across writers
             self._write_segment(self._dir(index), name, accepted)
-            manifest["segments"].append(name)
-            self._write_manifest(index, manifest)
+            with self._locked(index):  # commit: later segments replace earlier ids
+                manifest = self._manifest(index)
+                manifest["segments"].append(name)
+                self._write_manifest(index, manifest)
         return failures
+
+    @contextlib.contextmanager
+    def _locked(self, index: str) -> Iterator[None]:
+        """Serialise manifest updates of concurrent writers (e.g. sharded ingestion)."""
+        with open(self._dir(index) / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     @staticmethod
     def _write_segment(directory: Path, name: str, docs: list[tuple[str, dict[str, Any]]]) -> None:
