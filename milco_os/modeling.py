@@ -389,9 +389,13 @@ def load_sparse_model(path: str | Path, *, device: str | torch.device | None = N
         return MilcoModel.from_pretrained(folder, device=device, dtype=dtype)
     if model_type == "bert":
         return SpladeModel.from_pretrained(folder, device=device, dtype=dtype)
+    if model_type == "echo-llm":  # imported here: milco_os.echo_llm builds on this module
+        from milco_os.echo_llm import EchoLlmModel
+
+        return EchoLlmModel.from_pretrained(folder, device=device, dtype=dtype)
     raise CheckpointError(
         f"{folder / CONFIG_NAME}: model_type {model_type!r} is not supported "
-        "(expected 'milco' or 'bert')"
+        "(expected 'milco', 'bert' or 'echo-llm')"
     )
 
 
