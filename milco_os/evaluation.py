@@ -116,19 +116,21 @@ def best_per_document(hits: Iterable[Hit]) -> dict[str, float]:
 
 def retrieve(retriever: Retriever, queries: Sequence[Query], k: int = 100,
              batch_size: int = 32) -> Retrieval:
-    """Search every query; time each engine request on its own (queries are encoded in
-    batches first, and the encoding time is reported apart)."""
+    """Search every query as :meth:`Searcher.search` does, timing each search on its own
+    (queries are encoded in batches first; the encoding time is reported apart)."""
     result = Retrieval()
     for start in range(0, len(queries), batch_size):
         batch = queries[start:start + batch_size]
         texts = [q.text for q in batch]
         if isinstance(retriever, Searcher):
             tick = time.perf_counter()
-            sparse = retriever.queries(texts)
+            vectors = retriever.encode(texts)
             result.encode_seconds += time.perf_counter() - tick
-            max_clauses = retriever.engine.max_clause_count
-            result.query_terms += [count_terms(sent_terms(q, max_clauses)) for q in sparse]
-            calls = [lambda q=q: retriever.engine.search(retriever.index, q, k) for q in sparse]
+            limit = retriever.engine.max_clause_count
+            result.query_terms += [count_terms(sent_terms(retriever.options.query(v, t), limit))
+                                   for v, t in zip(vectors, texts, strict=True)]
+            calls = [lambda v=v, t=t: retriever.search_vector(v, t, k)
+                     for v, t in zip(vectors, texts, strict=True)]
         else:
             calls = [lambda t=t: retriever.search([t], k)[0] for t in texts]
         for query, call in zip(batch, calls, strict=True):

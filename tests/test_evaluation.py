@@ -1,0 +1,240 @@
+"""Evaluation: ir-measures agreement, per-language averages, run files, the CLI.
+
+A small BEIR collection (English and German queries over one corpus) is written
+to a temporary folder, indexed with a tiny random MILCO, and searched through
+the same :class:`Searcher` users use, on the real OpenSearch node and on the
+local engine.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import ir_measures
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from milco_os.cli import main
+from milco_os.connection import ConnectionSettings
+from milco_os.datasets import DatasetError, Query, load_dataset
+from milco_os.encoder import SparseEncoder
+from milco_os.engines import open_engine
+from milco_os.evaluation import (
+    BM25Searcher,
+    best_per_document,
+    evaluate,
+    read_trec_run,
+    write_trec_run,
+)
+from milco_os.ingest import Ingestor
+from milco_os.presets import init_model
+from milco_os.search import Searcher
+from milco_os.spec import IngestSpec
+
+METRICS = ["nDCG@10", "R@100", "RR@10"]
+WORDS = {
+    "en": ["the", "city", "music", "house", "people", "world", "news", "year", "time", "first",
+           "greatest", "america"],
+    "de": ["die", "stadt", "welt", "und", "das", "ist", "ein", "eine", "der", "musik", "haus",
+           "leute"],
+}
+
+
+def write_beir(root: Path, seed: int = 0, n_docs: int = 40) -> dict:
+    """A BEIR folder: corpus.jsonl, queries.jsonl (3 en + 5 de), qrels/test.tsv."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    docs = []
+    for i in range(n_docs):
+        lang = "en" if i % 2 else "de"
+        words = rng.choice(WORDS[lang], size=8)
+        docs.append({"_id": f"doc{i}", "title": f"Title {i}", "text": " ".join(words).title()})
+    queries = [{"_id": f"q{i}", "lang": "en" if i < 3 else "de",
+                "text": " ".join(rng.choice(WORDS["en" if i < 3 else "de"], size=3)).upper()}
+               for i in range(8)]
+    qrels = {q["_id"]: {f"doc{j}": int(rng.integers(1, 3))
+                        for j in rng.choice(n_docs, size=4, replace=False)} for q in queries}
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    (root / "qrels").mkdir(exist_ok=True)
+    lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{r}" for q, ds in qrels.items()
+                                              for d, r in ds.items()]
+    (root / "qrels" / "test.tsv").write_text("\n".join(lines) + "\n")
+    return {"docs": docs, "queries": queries, "qrels": qrels}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    # Built-in small vocabularies keep vectors short (the real ones give ~25k terms each).
+    return init_model("tiny", tmp_path_factory.mktemp("model"), seed=3, assets=None)
+
+
+@pytest.fixture(scope="module")
+def encoder(model_dir: Path) -> SparseEncoder:
+    return SparseEncoder.from_pretrained(model_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def beir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("beir") / "fixture"
+    write_beir(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cluster_index(cluster_url: str, beir: Path, model_dir: Path, encoder: SparseEncoder):
+    """The fixture corpus indexed on the real node: (engine, index name)."""
+    engine = open_engine(ConnectionSettings(url=cluster_url))
+    index = f"test-eval-{uuid.uuid4().hex[:10]}"
+    data = load_dataset(str(beir))
+    Ingestor(engine, IngestSpec(index=index, model=str(model_dir)), encoder,
+             progress=False).run(data.corpus(None)())
+    yield engine, index
+    engine.delete_index(index)
+
+
+def direct(qrels: dict, run: dict, metrics=METRICS) -> dict[str, float]:
+    """ir-measures on its own: the reference every evaluation must equal."""
+    scores = ir_measures.calc_aggregate([ir_measures.parse_measure(m) for m in metrics],
+                                        qrels, run)
+    return {str(m): float(v) for m, v in scores.items()}
+
+
+@pytest.mark.cluster
+def test_evaluate_equals_ir_measures_on_the_same_run(cluster_index, beir, encoder):
+    engine, index = cluster_index
+    data = load_dataset(str(beir))
+    searcher = Searcher(engine, index, encoder)
+    result = evaluate(searcher, data.queries, data.qrels, METRICS, k=20)
+    # The run is what the user's search path returns, best passage per document.
+    for query in data.queries:
+        assert result.run[query.id] == best_per_document(searcher.search([query.text], 20)[0])
+    assert all(result.run[q.id] for q in data.queries)
+    assert result.overall == pytest.approx(direct(data.qrels, result.run))
+    assert set(result.cost) >= {"latency_p50_ms", "latency_p95_ms", "qps", "query_terms_mean"}
+
+
+@pytest.mark.cluster
+def test_per_language_scores_and_average_over_languages(cluster_index, beir, encoder):
+    engine, index = cluster_index
+    data = load_dataset(str(beir))
+    result = evaluate(Searcher(engine, index, encoder), data.queries, data.qrels, METRICS)
+    by_lang = {}
+    for lang in ("en", "de"):
+        ids = {q.id for q in data.queries if q.lang == lang}
+        by_lang[lang] = direct({q: r for q, r in data.qrels.items() if q in ids},
+                               {q: r for q, r in result.run.items() if q in ids})
+        assert result.per_language[lang] == pytest.approx(by_lang[lang])
+    for metric in METRICS:  # languages weigh equally (3 English vs 5 German queries)
+        assert result.average[metric] == pytest.approx(
+            (by_lang["en"][metric] + by_lang["de"][metric]) / 2)
+    table = result.table()
+    assert table.splitlines()[0].split() == ["lang", *METRICS]
+    assert [line.split()[0] for line in table.splitlines()[2:]] == ["de", "en", "avg"]
+
+
+def test_judged_queries_without_results_score_zero():
+    queries = [Query("a", "x", "en"), Query("b", "y", "en"), Query("c", "unjudged", "en")]
+    qrels = {"a": {"d1": 1}, "b": {"d2": 1}}
+    result = evaluate({"a": {"d1": 2.0}}, queries, qrels, ["nDCG@10"])
+    assert result.per_query == {"a": {"nDCG@10": 1.0}, "b": {"nDCG@10": 0.0}}
+    assert result.average == {"nDCG@10": 0.5}
+
+
+def test_run_files_round_trip(tmp_path: Path):
+    rng = np.random.default_rng(1)
+    run = {f"q{i}": {f"d{j}": float(rng.normal()) for j in range(12)} for i in range(5)}
+    run["q0"]["d.odd#1"] = 1e-30
+    path = write_trec_run(run, tmp_path / "runs" / "a.run", tag="sys")
+    assert read_trec_run(path) == run
+    first = path.read_text().splitlines()[0].split()
+    best = max(run["q0"], key=run["q0"].get)
+    assert first[:4] == ["q0", "Q0", best, "1"] and first[5] == "sys"
+    with pytest.raises(ValueError, match="spaces"):
+        write_trec_run({"q 1": {"d": 1.0}}, tmp_path / "bad.run")
+
+
+@pytest.mark.cluster
+def test_cli_sweep_prints_table_and_writes_runs(cluster_index, cluster_url, beir, model_dir,
+                                                encoder, tmp_path: Path):
+    engine, index = cluster_index
+    out = tmp_path / "runs"
+    result = CliRunner().invoke(main, [
+        "evaluate", "--url", cluster_url, "--index", index, "--dataset", str(beir),
+        "--model", str(model_dir), "--metrics", "nDCG@10,R@100", "--k", "20",
+        "--query-prune", "none,topk:5", "--mode", "default,bm25", "--views", "both,pivot",
+        "--run-out", str(out), "--plots", str(tmp_path / "plots"),
+    ])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:3] == ["system", "nDCG@10", "R@100"]
+    systems = [line.split("  ")[0].strip() for line in lines[2:7]]
+    assert systems == ["milco", "pivot-only", "q=topk:5", "q=topk:5 pivot-only", "bm25"]
+    assert {"de", "en", "avg"} <= {line.split()[0] for line in lines[8:] if line.strip()}
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["systems"]) == set(systems)
+    # The CLI's run is the API's run for the same system.
+    data = load_dataset(str(beir))
+    api = evaluate(Searcher(engine, index, encoder), data.queries, data.qrels, k=20)
+    assert read_trec_run(out / "milco.run") == api.run
+    assert summary["systems"]["milco"]["average"] == pytest.approx(api.average)
+    bm25 = evaluate(BM25Searcher(engine, index), data.queries, data.qrels, k=20)
+    assert read_trec_run(out / "bm25.run") == bm25.run
+    assert (tmp_path / "plots" / "latency_vs_query_terms.png").stat().st_size > 0
+
+
+def test_cli_builds_lowercased_per_language_indexes_on_the_local_engine(
+        tmp_path: Path, model_dir: Path):
+    root = tmp_path / "multi"
+    for lang in ("en", "de"):
+        write_beir(root / lang, seed=len(lang) + ord(lang[0]), n_docs=12)
+    local = tmp_path / "local"
+    result = CliRunner().invoke(main, [
+        "evaluate", "--engine", "local", "--local-path", str(local), "--index", "fx-{lang}",
+        "--dataset", str(root), "--model", str(model_dir), "--build", "--lowercase",
+        "--run-out", str(tmp_path / "runs"), "--doc-prune", "none,topk:5",
+    ])
+    assert result.exit_code == 0, result.output
+    engine = open_engine(None, "local", local_path=str(local))
+    for name in ("fx-en", "fx-de", "fx-en-topk5", "fx-de-topk5"):
+        assert engine.count(name) == 12
+    source = engine.get_sources("fx-de", ["doc3#0"])["doc3#0"]
+    assert source["text"] == source["text"].lower() and source["lang"] == "de"
+    assert max(len(v) for v in engine.get_sources("fx-en-topk5", ["doc1#0"])["doc1#0"]
+               .values() if isinstance(v, dict)) <= 5
+    run = read_trec_run(tmp_path / "runs" / "milco.run")
+    assert {q.split("/")[0] for q in run} == {"en", "de"}  # language-prefixed query ids
+
+
+def test_cli_compare_puts_runs_side_by_side(beir: Path, tmp_path: Path):
+    data = load_dataset(str(beir))
+    perfect = {q: {d: float(r) for d, r in docs.items()} for q, docs in data.qrels.items()}
+    write_trec_run(perfect, tmp_path / "perfect.run")
+    write_trec_run({q: {"doc-none": 1.0} for q in data.qrels}, tmp_path / "empty.run")
+    result = CliRunner().invoke(main, [
+        "evaluate", "--dataset", str(beir), "--metrics", "nDCG@10",
+        "--compare", str(tmp_path / "perfect.run"), "--compare", str(tmp_path / "empty.run"),
+    ])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["lang", "perfect", "nDCG@10", "empty", "nDCG@10"]
+    assert lines[-1].split() == ["avg", "100.0", "0.0"]
+
+
+def test_dataset_readers_name_what_is_wrong(tmp_path: Path, beir: Path):
+    data = load_dataset(str(beir)).lowercased()
+    assert all(q.text == q.text.lower() for q in data.queries)
+    assert all(d.text == d.text.lower() for d in data.corpus(None)())
+    files = load_dataset(f"queries={beir / 'queries.jsonl'},qrels={beir / 'qrels/test.tsv'}")
+    assert files.qrels == load_dataset(str(beir)).qrels
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("q1 0 d1 1\nq1 d2\n")
+    with pytest.raises(DatasetError, match=r"bad.tsv: line 2: expected 3 \(BEIR\) or 4"):
+        load_dataset(f"queries={beir / 'queries.jsonl'},qrels={bad}")
+    with pytest.raises(DatasetError, match="no queries in language"):
+        load_dataset(str(beir), langs=["fr"])
+    with pytest.raises(DatasetError, match="give the languages"):
+        load_dataset("miracl")
