@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +30,12 @@ DEFAULT_MAX_LENGTH = {"query": 64, "document": 512}
 PIVOT_CHUNK_ROWS = 512
 
 
-@dataclass(frozen=True)
 class Vocabulary:
     """Term strings by id, and the ids of special tokens."""
 
-    terms: tuple[str, ...]
-    special_ids: frozenset[int]
+    def __init__(self, terms: Sequence[str], special_ids: frozenset[int]) -> None:
+        self.terms = np.array(terms, dtype=object)  # fancy indexing: ids -> strings
+        self.special_ids = special_ids
 
     @classmethod
     def from_tokenizer(cls, tokenizer) -> Vocabulary:
@@ -45,10 +44,10 @@ class Vocabulary:
         for term, i in vocab.items():
             terms[i] = term
         specials = {i for i, tok in tokenizer.get_added_tokens_decoder().items() if tok.special}
-        return cls(tuple(terms), frozenset(specials))
+        return cls(terms, frozenset(specials))
 
-    def names(self, ids: np.ndarray) -> list[str]:
-        return [self.terms[i] if i < len(self.terms) else f"[{i}]" for i in ids]
+    def __len__(self) -> int:
+        return len(self.terms)
 
 
 class SparseEncoder:
@@ -83,8 +82,8 @@ class SparseEncoder:
         pivot_vocab = Vocabulary.from_tokenizer(en)
         vocab_size = model.config.vocab_size if not hasattr(model.config, "en_vocab_size") \
             else model.config.en_vocab_size
-        if len(pivot_vocab.terms) < vocab_size:
-            raise ValueError(f"English tokenizer has {len(pivot_vocab.terms)} pieces but the "
+        if len(pivot_vocab) < vocab_size:
+            raise ValueError(f"English tokenizer has {len(pivot_vocab)} pieces but the "
                              f"model's pivot vocabulary has {vocab_size}")
         return cls(model, tokenizer, pivot_vocab, Vocabulary.from_tokenizer(tokenizer),
                    device, dtype)
@@ -178,12 +177,14 @@ class SparseEncoder:
     @staticmethod
     def _view(ids: np.ndarray, weights: np.ndarray, vocab: Vocabulary,
               keep_special: bool) -> SparseView:
-        if not keep_special and vocab.special_ids:
-            keep = ~np.isin(ids, list(vocab.special_ids))
-            ids, weights = ids[keep], weights[keep]
+        """Positive weights only, heaviest first (the :class:`SparseView` invariant)."""
         keep = weights > 0
-        ids, weights = ids[keep], weights[keep]
-        return SparseView.from_arrays(ids, weights.astype(np.float32), vocab.names(ids))
+        if not keep_special and vocab.special_ids:
+            keep &= ~np.isin(ids, list(vocab.special_ids))
+        ids, weights = ids[keep].astype(np.int64), weights[keep].astype(np.float32)
+        order = np.argsort(-weights, kind="stable")
+        ids, weights = ids[order], weights[order]
+        return SparseView(ids, weights, tuple(vocab.terms[ids]))
 
 
 def _load_tokenizer(source: Path | None, role: str):

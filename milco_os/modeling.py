@@ -156,7 +156,9 @@ def masked_max_logits(
     pooled: torch.Tensor | None = None
     for start in range(0, length, step):
         logits = head(hidden[:, start : start + step])
-        logits = logits * mask[:, start : start + step, None].to(logits.dtype)
+        chunk_mask = mask[:, start : start + step]
+        if not bool(chunk_mask.all()):  # multiplying by ones changes nothing: skip it
+            logits = logits * chunk_mask[..., None].to(logits.dtype)
         chunk_max = logits.amax(dim=1)
         pooled = chunk_max if pooled is None else torch.maximum(pooled, chunk_max)
     if pooled is None:
