@@ -128,6 +128,9 @@ class EchoLlmConfig(PretrainedConfig):
         return list(self.echo_prefix_ids or []), list(self.echo_separator_ids or [])
 
 
+AutoConfig.register(ECHO_LLM_TYPE, EchoLlmConfig)  # AutoConfig / AutoTokenizer read our folders
+
+
 @dataclass(frozen=True)
 class EchoInputs:
     """The doubled batch fed to the LLM and where each input position is pooled from.
