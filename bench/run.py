@@ -1,0 +1,197 @@
+"""Run every benchmark, write ``bench/results/*.json`` and refresh README.md's table.
+
+    python bench/run.py [--only encode,ingest,query,scaling] [--quick]
+
+Benchmarks (each measures milco-os against a named baseline in the same run):
+
+- ``encode``: ``SparseEncoder`` vs sentence-transformers' ``SparseEncoder`` on
+  splade-tiny (``bench_encode_st.py``), and vs the released code's naive way on a
+  random MILCO (``bench_encode.py``);
+- ``ingest``: ``Ingestor`` vs opensearch-py ``helpers.bulk`` (``bench_ingest.py``);
+- ``query``: latency/QPS per query pruning level vs BM25, brute force and Seismic;
+  index size per document pruning level (``bench_query.py``);
+- ``scaling``: latency and index size at 10k and 100k documents (``bench_scaling.py``).
+
+The cluster is ``MILCO_OS_URL`` when set, else a local node started for the run
+(``LocalCluster(name="bench")``, 2 GB heap) and stopped after it. The table goes
+between the ``<!-- bench:start -->`` and ``<!-- bench:end -->`` markers of
+README.md (or to ``bench/results/README.md`` when the markers are missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import RESULTS, ROOT, cluster_url, save_result
+
+BENCHMARKS = ("encode", "ingest", "query", "scaling")
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def run_encode(quick: bool) -> None:
+    import bench_encode_st
+
+    save_result("encode_vs_st", bench_encode_st.run(quick))
+    settings = ["--preset", "small", "--n", "64" if quick else "400", "--max-length",
+                "128" if quick else "256", "--variants", "naive,sparse-encoder",
+                "--out", str(RESULTS / "encode_vs_naive.json")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    subprocess.run([sys.executable, str(ROOT / "bench" / "bench_encode.py"), *settings],
+                   check=True, env=env)
+
+
+def run_ingest(quick: bool) -> None:
+    import bench_ingest
+
+    save_result("ingest", bench_ingest.run(quick))
+
+
+def run_query(quick: bool) -> None:
+    import bench_query
+
+    save_result("query", bench_query.run(quick))
+
+
+def run_scaling(quick: bool) -> None:
+    import bench_scaling
+
+    save_result("scaling", bench_scaling.run(quick))
+
+
+RUNNERS = {"encode": run_encode, "ingest": run_ingest, "query": run_query,
+           "scaling": run_scaling}
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def table_rows() -> list[list[str]]:
+    """One row per headline figure: what, milco-os, baseline, ratio, goal."""
+    rows = []
+    if st := load("encode_vs_st"):
+        f = st["figures"]
+        rows.append(["encode, splade-tiny, CPU (docs/s)", f"{f['milco_os_docs_per_s']:.0f}",
+                     f"sentence-transformers {f['st_docs_per_s']:.0f}", f"{f['ratio']:.2f}x",
+                     ">= 1.2x"])
+    if naive := load("encode_vs_naive"):
+        v = naive["variants"]
+        ours, base = v["sparse-encoder"], v["naive"]
+        rows.append(["encode, random MILCO small, CPU (docs/s)", f"{ours['docs_per_s']:.1f}",
+                     f"naive (released code's way) {base['docs_per_s']:.1f}",
+                     f"{ours['docs_per_s'] / base['docs_per_s']:.2f}x", ">= 1.5x"])
+        rows.append(["encode peak memory over weights (MB)", f"{ours['peak_over_loaded_mb']:.0f}",
+                     f"naive {base['peak_over_loaded_mb']:.0f}",
+                     f"{ours['peak_over_loaded_mb'] / base['peak_over_loaded_mb']:.2f}x", "-"])
+    if ingest := load("ingest"):
+        f = ingest["figures"]
+        rows.append([f"ingest {ingest['settings']['documents']:,} pre-encoded docs (docs/s)",
+                     f"{f['milco_os_docs_per_s']:.0f}", f"helpers.bulk {f['bulk_docs_per_s']:.0f}",
+                     f"{f['ratio']:.2f}x", ">= 0.9x"])
+    if query := load("query"):
+        rows += query_rows(query)
+    if scaling := load("scaling"):
+        points = scaling["points"]
+        for n, p in points.items():
+            rows.append([f"scaling {int(n):,} synthetic docs: p50 / p95 ms, bytes/doc",
+                         f"{p['p50_ms']:.1f} / {p['p95_ms']:.1f}, {p['bytes_per_doc']:.0f}",
+                         scaling["baseline"] if n != min(points, key=int) else "-", "", "-"])
+        f = scaling["figures"]
+        rows.append([f"scaling x{f['documents_ratio']:.0f} documents", "",
+                     "smallest corpus", f"p50 {f['p50_ratio']:.2f}x, size "
+                     f"{f['index_bytes_ratio']:.2f}x", "-"])
+    return rows
+
+
+def query_rows(query: dict) -> list[list[str]]:
+    rows = []
+    settings = query["settings"]
+    os_figures = query["opensearch"]
+    bm25, brute = os_figures["bm25"], query["brute_force"]
+    for name, q in os_figures["queries"].items():
+        rows.append([f"query {name}: p50 / p95 ms, QPS, recall@10",
+                     f"{q['p50_ms']:.1f} / {q['p95_ms']:.1f}, {q['qps']:.0f}, "
+                     f"{q['recall_at_10']:.3f}",
+                     f"BM25 match {bm25['p50_ms']:.1f} / {bm25['p95_ms']:.1f}",
+                     f"{q['p50_ms'] / bm25['p50_ms']:.2f}x BM25 p50", "-"])
+    rows.append([f"exact brute force (scipy, {settings['documents']:,} docs)",
+                 f"{os_figures['queries']['doc=none q=none']['p50_ms']:.1f} ms p50",
+                 f"scipy {brute['p50_ms']:.2f} ms p50",
+                 f"{query['figures']['milco_vs_brute_force_latency_ratio']:.2f}x", "-"])
+    seismic = query["seismic"]
+    if "matched" in seismic:
+        m = seismic["matched"]
+        reached = ">=" if seismic["target_reached"] else "closest to"
+        rows.append([f"Seismic at recall@10 {reached} {seismic['target_recall_at_10']:.3f} "
+                     f"({seismic['matched_setting']})",
+                     f"{os_figures['queries']['doc=none q=none']['p50_ms']:.1f} ms p50",
+                     f"Seismic {m['p50_ms']:.2f} ms p50, recall {m['recall_at_10']:.3f}",
+                     f"{query['figures']['milco_vs_seismic_latency_ratio']:.1f}x", "-"])
+    for prune, info in os_figures["indexes"].items():
+        rows.append([f"index, document pruning {prune}: bytes/doc (terms/doc)",
+                     f"{info['bytes_per_doc']:.0f} ({info['terms_per_doc']:.1f})", "-", "", "-"])
+    return rows
+
+
+def markdown(rows: list[list[str]], command: str) -> str:
+    header = ["benchmark", "milco-os", "baseline (same run)", "ratio", "goal"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell or "" for cell in row) + " |" for row in rows]
+    machine = next((r["machine"] for r in map(load, ("query", "ingest", "encode_vs_st",
+                                                      "scaling")) if r), None)
+    if machine:
+        lines.append("")
+        lines.append(f"Machine: {machine['cpu']}, {machine['cores']} cores, "
+                     f"{machine['memory_gb']} GB; load average at start "
+                     f"{machine['load_average'][0]} (shared machine). Command: `{command}`.")
+    return "\n".join(lines)
+
+
+def write_table(text: str) -> Path:
+    readme = ROOT / "README.md"
+    content = readme.read_text(encoding="utf-8") if readme.is_file() else ""
+    if START in content and END in content:
+        head, rest = content.split(START, 1)
+        _, tail = rest.split(END, 1)
+        readme.write_text(f"{head}{START}\n{text}\n{END}{tail}", encoding="utf-8")
+        return readme
+    fallback = RESULTS / "README.md"
+    fallback.write_text(f"{START}\n{text}\n{END}\n", encoding="utf-8")
+    return fallback
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", default=",".join(BENCHMARKS),
+                        help=f"comma-separated subset of {', '.join(BENCHMARKS)}")
+    parser.add_argument("--quick", action="store_true", help="small sizes (~10 minutes)")
+    args = parser.parse_args()
+    chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(BENCHMARKS))
+    if unknown:
+        parser.error(f"unknown benchmark(s) {unknown}; expected some of {BENCHMARKS}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    needs_cluster = set(chosen) & {"ingest", "query", "scaling"}
+    with cluster_url() if needs_cluster else contextlib.nullcontext() as url:
+        if url:
+            os.environ["MILCO_OS_URL"] = url  # one cluster for every benchmark of the run
+        for name in chosen:
+            tick = time.perf_counter()
+            print(f"== {name}", flush=True)
+            RUNNERS[name](args.quick)
+            print(f"== {name}: {time.perf_counter() - tick:.0f}s", flush=True)
+    command = " ".join(["python", "bench/run.py", *sys.argv[1:]])
+    path = write_table(markdown(table_rows(), command))
+    print(f"results in {RESULTS}; table in {path}")
+
+
+if __name__ == "__main__":
+    main()
