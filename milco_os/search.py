@@ -32,10 +32,10 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from milco_os.engines.base import Engine, Hit, best_per_document
-from milco_os.query import SparseQuery, sent_terms
+from milco_os.query import SparseQuery, Terms, sent_terms
 from milco_os.sparse import SparseVector
 from milco_os.terms import decode_term
 
@@ -154,15 +154,25 @@ class Searcher:
         not included). With ``mode="two-phase"`` a hit outside the rescore window
         scored only the high-weight terms, so its engine score is below the exact one.
         """
-        source = self.engine.get_sources(self.index, [hit.id]).get(hit.id)
-        if source is None:
-            raise LookupError(f"document {hit.id!r} is no longer in index {self.index!r}")
+        return self.explain_all([hit], query_vector, text)[0]
+
+    def explain_all(self, hits: Sequence[Hit], query_vector: SparseVector,
+                    text: str | None = None) -> list[Explanation]:
+        """:meth:`explain` for the hits of one query, fetching their vectors at once."""
+        sources = self.engine.get_sources(self.index, [hit.id for hit in hits])
+        missing = [hit.id for hit in hits if hit.id not in sources]
+        if missing:
+            raise LookupError(f"documents {missing} are no longer in index {self.index!r}")
         terms = sent_terms(self.options.query(query_vector, text), self.engine.max_clause_count)
-        contributions = [
-            Contribution(view, decode_term(t), w, float(source[view][t]))
-            for view, ts in terms.items()
-            for t, w in ts.items()
-            if t in source.get(view, {})
-        ]
-        contributions.sort(key=lambda c: -c.value)
-        return Explanation(hit, contributions)
+        return [Explanation(hit, _contributions(terms, sources[hit.id])) for hit in hits]
+
+
+def _contributions(terms: Terms, source: dict[str, Any]) -> list[Contribution]:
+    """The shared terms of a query and a stored document, largest product first."""
+    found = [
+        Contribution(view, decode_term(t), w, float(source[view][t]))
+        for view, ts in terms.items()
+        for t, w in ts.items()
+        if t in source.get(view, {})
+    ]
+    return sorted(found, key=lambda c: -c.value)

@@ -100,7 +100,7 @@ def search(texts: tuple[str, ...], index_name: str, model: str | None, k: int,
         vectors = searcher.encode(queries)
         for text, vector in zip(queries, vectors, strict=True):
             hits = searcher.search_vector(vector, text, k)
-            explanations = [searcher.explain(h, vector, text) for h in hits] if explain else []
+            explanations = searcher.explain_all(hits, vector, text) if explain else []
             if as_json:
                 click.echo(json.dumps(_json_line(text, hits, explanations), ensure_ascii=False))
             else:
