@@ -289,3 +289,28 @@ def test_unreachable_cluster_is_transient() -> None:
     engine = OpenSearchEngine(ConnectionSettings(url="http://127.0.0.1:1", timeout=2))
     with pytest.raises(TransientEngineError):
         engine.count("anything")
+
+
+class ScriptedSettings(OpenSearchEngine):
+    """An engine whose cluster-settings answer is scripted."""
+
+    def __init__(self, answer: dict | Exception) -> None:
+        super().__init__(ConnectionSettings(url="http://127.0.0.1:1"))
+        self.answer = answer
+
+    def request(self, method, path, body=None, params=None, ndjson=False):
+        assert path == "/_cluster/settings"
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+def test_clause_limit_is_read_from_the_cluster() -> None:
+    key = "indices.query.bool.max_clause_count"
+    raised = {"persistent": {key: "4096"}, "defaults": {key: "1024"}}
+    assert ScriptedSettings(raised).max_clause_count == 4096
+    assert ScriptedSettings({"defaults": {}}).max_clause_count == 1024
+    forbidden = EngineError("GET /_cluster/settings: HTTP 403: security_exception")
+    assert ScriptedSettings(forbidden).max_clause_count == 1024
+    with pytest.raises(TransientEngineError):
+        _ = ScriptedSettings(TransientEngineError("HTTP 503")).max_clause_count

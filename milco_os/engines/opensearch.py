@@ -17,7 +17,7 @@ from opensearchpy.exceptions import ConnectionError as OSConnectionError
 from opensearchpy.exceptions import TransportError
 
 from milco_os.connection import ConnectionSettings
-from milco_os.engines.base import TransientEngineError
+from milco_os.engines.base import EngineError, TransientEngineError
 from milco_os.engines.cluster import ClusterEngine, classify_error
 from milco_os.query import CLAUSE_SETTING, DEFAULT_MAX_CLAUSE_COUNT
 
@@ -62,9 +62,15 @@ class OpenSearchEngine(ClusterEngine):
 
     @cached_property
     def max_clause_count(self) -> int | None:
-        """``indices.query.bool.max_clause_count`` as the cluster applies it."""
-        answer = self.request("GET", "/_cluster/settings",
-                              params={"include_defaults": "true", "flat_settings": "true"})
+        """``indices.query.bool.max_clause_count`` as the cluster applies it (the default,
+        1024, when this user may not read cluster settings)."""
+        try:
+            answer = self.request("GET", "/_cluster/settings",
+                                  params={"include_defaults": "true", "flat_settings": "true"})
+        except EngineError as exc:
+            if isinstance(exc, TransientEngineError):
+                raise
+            return DEFAULT_MAX_CLAUSE_COUNT
         for level in ("transient", "persistent", "defaults"):
             value = answer.get(level, {}).get(CLAUSE_SETTING)
             if value is not None:
