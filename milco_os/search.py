@@ -59,6 +59,7 @@ class SearchOptions:
     prune_ratio: float = 0.4
     expansion_rate: float = 5.0
     max_clauses: int | None = None
+    text_fields: tuple[str, ...] = ("title", "text")  # hybrid's BM25 fields, e.g. "text.en"
 
     def query(self, vector: SparseVector, text: str | None = None) -> SparseQuery:
         """The engine query for an encoded text (pruned here, so pass the raw vector).
@@ -70,7 +71,7 @@ class SearchOptions:
             self.prune(vector) if self.prune else vector, alpha=self.alpha, mode=self.mode,
             text=text, collapse=self.collapse and self.mode != "two-phase",
             prune_ratio=self.prune_ratio, expansion_rate=self.expansion_rate,
-            max_clauses=self.max_clauses,
+            max_clauses=self.max_clauses, text_fields=self.text_fields,
         )
 
 

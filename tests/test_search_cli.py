@@ -174,6 +174,12 @@ def test_cli_on_a_real_cluster(cluster_url: str) -> None:
             out = run("search", "--index", name, "--json", "--mode", mode, *options, "狗 公园")
             hits = json.loads(out)["hits"]
             assert hits[0]["id"] == "dog" and len({h["id"] for h in hits}) == len(hits)
+        stemmed = run("search", "--index", name, "--json", "--mode", "hybrid", "--no-collapse",
+                      "--bm25-field", "text.en", "--alpha", "0", *options, "sleeping cats")
+        assert json.loads(stemmed)["hits"][0]["id"] == "cat"  # english analyzer: sleep, cat
+        plain = run("search", "--index", name, "--json", "--mode", "hybrid", "--no-collapse",
+                    "--bm25-field", "text", "--alpha", "0", *options, "sleeping cats")
+        assert json.loads(plain)["hits"] == []  # the standard analyzer does not stem
         explained = run("search", "--index", name, "--explain", *options, "美国 经济")
         assert "u.s." in explained
         body = json.loads(run("dsl", "--index", name, *options, "狗"))

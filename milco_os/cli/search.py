@@ -21,7 +21,8 @@ def load_encoder(model: str, device: str | None) -> Any:
     return SparseEncoder.from_pretrained(model, device=device)
 
 
-def _options(alpha: float | None, mode: str, collapse: bool, query_prune: str | None) -> Any:
+def _options(alpha: float | None, mode: str, collapse: bool, query_prune: str | None,
+             bm25_fields: tuple[str, ...]) -> Any:
     from milco_os.pruning import Pruning
     from milco_os.search import SearchOptions
 
@@ -29,7 +30,8 @@ def _options(alpha: float | None, mode: str, collapse: bool, query_prune: str | 
         prune = Pruning.parse(query_prune).apply if query_prune else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--query-prune") from None
-    return SearchOptions(alpha=alpha, mode=mode, collapse=collapse, prune=prune)
+    fields = {"text_fields": bm25_fields} if bm25_fields else {}
+    return SearchOptions(alpha=alpha, mode=mode, collapse=collapse, prune=prune, **fields)
 
 
 def _texts(texts: tuple[str, ...]) -> list[str]:
@@ -61,6 +63,9 @@ _query_options = [
                                        "threshold:T."),
     click.option("--collapse/--no-collapse", default=True, show_default=True,
                  help="One hit per document (its best passage)."),
+    click.option("--bm25-field", "bm25_fields", multiple=True,
+                 help="Field for hybrid mode's BM25, repeatable, e.g. text.en or text.cjk for "
+                      "language-aware analysis [default: title and text]."),
     click.option("--device", help="Torch device for the model."),
 ]
 
@@ -84,7 +89,8 @@ def query_options(func: Any) -> Any:
 @engine_options
 def search(texts: tuple[str, ...], index_name: str, model: str | None, k: int,
            alpha: float | None, mode: str, query_prune: str | None, collapse: bool,
-           device: str | None, as_json: bool, explain: bool, engine: Any) -> None:
+           bm25_fields: tuple[str, ...], device: str | None, as_json: bool, explain: bool,
+           engine: Any) -> None:
     """Search an index with TEXT (or one query per line of standard input).
 
     Hit ids are the corpus's own document ids.
@@ -96,7 +102,7 @@ def search(texts: tuple[str, ...], index_name: str, model: str | None, k: int,
     try:
         encoder = load_encoder(_model_of(engine, index_name, model), device)
         searcher = Searcher(engine, index_name, encoder,
-                            _options(alpha, mode, collapse, query_prune))
+                            _options(alpha, mode, collapse, query_prune, bm25_fields))
         vectors = searcher.encode(queries)
         for text, vector in zip(queries, vectors, strict=True):
             hits = searcher.search_vector(vector, text, k)
@@ -138,8 +144,8 @@ def _text_block(text: str, hits: list, explanations: list) -> str:
 @query_options
 @connection_options
 def dsl(text: str, model: str | None, index_name: str | None, k: int, alpha: float | None,
-        mode: str, query_prune: str | None, collapse: bool, device: str | None,
-        settings: ConnectionSettings) -> None:
+        mode: str, query_prune: str | None, collapse: bool, bm25_fields: tuple[str, ...],
+        device: str | None, settings: ConnectionSettings) -> None:
     """Print the _search body for TEXT, to paste into any OpenSearch/Elasticsearch client.
 
     Without --index, the body is for the --engine flavour with the default
@@ -150,7 +156,7 @@ def dsl(text: str, model: str | None, index_name: str | None, k: int, alpha: flo
 
     if not (model or index_name):
         raise click.UsageError("give --model, or --index to use the model recorded there")
-    options = _options(alpha, mode, collapse, query_prune)
+    options = _options(alpha, mode, collapse, query_prune, bm25_fields)
     try:
         engine = open_engine(settings, settings.engine) if index_name else None
         encoder = load_encoder(_model_of(engine, index_name, model) if engine else model, device)
