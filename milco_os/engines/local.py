@@ -117,7 +117,8 @@ class _Snapshot:
     parts: dict[str, list[tuple[np.ndarray, ...]]] = field(
         default_factory=lambda: {v: [] for v in VIEWS}
     )  # per segment: (data, global columns, indptr)
-    _matrices: dict[str, sp.csr_matrix] | None = None
+    _matrices: dict[str, sp.csr_matrix] | None = None  # built on first use after a load
+    _live: np.ndarray | None = None
 
     def load_segment(self, directory: Path, name: str) -> None:
         arrays = np.load(directory / f"{name}.npz", allow_pickle=False)
@@ -134,13 +135,14 @@ class _Snapshot:
             self.parts[view].append((arrays[f"{view}_data"], remap[arrays[f"{view}_indices"]],
                                      arrays[f"{view}_indptr"]))
         self.segments.append(name)
-        self._matrices = None
+        self._matrices = self._live = None
 
     def live(self) -> np.ndarray:
         """Rows holding the latest version of their _id."""
-        mask = np.zeros(len(self.ids), dtype=bool)
-        mask[list(self.row_of.values())] = True
-        return mask
+        if self._live is None:
+            self._live = np.zeros(len(self.ids), dtype=bool)
+            self._live[list(self.row_of.values())] = True
+        return self._live
 
     def matrices(self) -> dict[str, sp.csr_matrix]:
         """One CSR matrix per view over all rows."""
