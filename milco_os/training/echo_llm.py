@@ -23,6 +23,9 @@ projections by default), or ``full_finetune: true``; ``gradient_checkpointing``;
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +39,8 @@ from milco_os.training.stages import ContrastiveStage
 
 SOURCES = ("path", "backbone", "preset")
 INIT_DIR = "init"
+# What the init folder was made from, written last: its presence means the folder is complete.
+RECIPE_NAME = "recipe.json"
 
 
 @dataclass(frozen=True)
@@ -101,19 +106,43 @@ def is_echo_llm_spec(cfg: TrainConfig) -> bool:
 
 
 def initial_folder(options: EchoTrainingOptions, output_dir: str | Path, seed: int) -> Path:
-    """The echo-LLM folder training starts from (written under ``output_dir/init`` unless
-    ``path`` names one)."""
+    """The echo-LLM folder training starts from: ``path`` itself, else ``output_dir/init``,
+    written by the first process (rank 0) and reused while its recipe is unchanged."""
     if options.source == "path":
         return Path(options.location)
     out = Path(output_dir) / INIT_DIR
+    recipe = {**dataclasses.asdict(options), "lora": None, "gradient_checkpointing": None,
+              "train_head": None, "seed": seed}
+    if int(os.environ.get("RANK", "0")) == 0 and not (out / RECIPE_NAME).is_file():
+        _write_initial_folder(options, out, seed)
+        (out / RECIPE_NAME).write_text(json.dumps(recipe, indent=2), encoding="utf-8")
+    _wait_for(out / RECIPE_NAME)
+    found = json.loads((out / RECIPE_NAME).read_text(encoding="utf-8"))
+    if found != recipe:
+        raise ConfigError(f"{out} was made from another model recipe ({found}); "
+                          f"remove it or choose another output_dir")
+    return out
+
+
+def _write_initial_folder(options: EchoTrainingOptions, out: Path, seed: int) -> None:
     if options.source == "preset":
         from milco_os.echo_presets import init_echo_model
 
-        return init_echo_model(options.location, out, seed=seed)
+        init_echo_model(options.location, out, seed=seed)
+        return
     model = EchoLlmModel.from_causal_lm(
         options.location, english_head=options.english_head, echo=options.echo,
         prefix=options.echo_prefix, separator=options.echo_separator)
-    return model.save_pretrained(out)
+    model.save_pretrained(out)
+
+
+def _wait_for(path: Path, timeout_s: float = 4 * 3600) -> None:
+    """Other ranks wait while rank 0 converts the backbone (minutes for a 7B model)."""
+    deadline = time.monotonic() + timeout_s
+    while not path.is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear within {timeout_s:.0f} s")
+        time.sleep(5)
 
 
 def prepare_for_training(model: EchoLlmModel, options: EchoTrainingOptions) -> None:
