@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,13 @@ from milco_os.training.losses import (
 )
 
 
+@functools.lru_cache(maxsize=8)
 def load_tokenizer(directory: str | Path) -> Any:
-    """A fast tokenizer from a folder, with its padding token set when the folder omits it."""
+    """A fast tokenizer from a folder, with its padding token set when the folder omits it.
+
+    Cached per folder: a 250k-piece tokenizer takes seconds to parse, and collators only
+    read it.
+    """
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
