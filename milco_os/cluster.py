@@ -19,6 +19,7 @@ True
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -28,6 +29,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -36,6 +38,8 @@ import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from milco_os import cluster_security as security
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +104,12 @@ def _maven_url(group: str, artifact: str, version: str, ext: str) -> str:
     return f"{base}/{group.replace('.', '/')}/{artifact}/{version}/{artifact}-{version}.{ext}"
 
 
-def install_opensearch(version: str = OPENSEARCH_VERSION) -> Path:
-    """Download (once) and assemble OpenSearch ``version``; return its home folder."""
-    home = _run_root() / "dist" / f"opensearch-{version}"
+def install_opensearch(version: str = OPENSEARCH_VERSION, secure: bool = False) -> Path:
+    """Download (once) and assemble OpenSearch ``version``; return its home folder.
+
+    ``secure`` adds the security plugin (TLS and authentication).
+    """
+    home = _run_root() / "dist" / (f"opensearch-{version}" + ("-secure" if secure else ""))
     if (home / ".complete").exists():
         return home
     downloads = cache_home() / "downloads"
@@ -130,6 +137,11 @@ def install_opensearch(version: str = OPENSEARCH_VERSION) -> Path:
             f"description={description}\nversion={version}\nname={name}\n"
             f"classname={classname}\njava.version=11\nopensearch.version={version}\n"
         )
+    if secure:
+        plugin = _download(_maven_url("org.opensearch.plugin", "opensearch-security",
+                                      f"{version}.0", "zip"),
+                           downloads / f"opensearch-security-{version}.0.zip")
+        security.install_security_plugin(root, plugin, find_java())
     _make_world_readable(_run_root())
     shutil.rmtree(home, ignore_errors=True)
     root.rename(home)
@@ -190,6 +202,10 @@ class ClusterState:
     url: str
     nodes: list[NodeState] = field(default_factory=list)
     compose_file: str | None = None
+    # Secure clusters: TLS with this CA, basic auth as this user with the password in this file.
+    ca_file: str | None = None
+    user: str | None = None
+    password_file: str | None = None
 
     @classmethod
     def load(cls, path: Path) -> ClusterState | None:
@@ -202,7 +218,8 @@ class ClusterState:
     @property
     def urls(self) -> list[str]:
         """Every node's HTTP URL (clients spread requests and fail over across them)."""
-        return [f"http://127.0.0.1:{n.http_port}" for n in self.nodes] or [self.url]
+        scheme = "https" if self.ca_file else "http"
+        return [f"{scheme}://127.0.0.1:{n.http_port}" for n in self.nodes] or [self.url]
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -233,8 +250,16 @@ def _chown_tree(path: Path, user: pwd.struct_passwd | None) -> None:
         os.chown(p, user.pw_uid, user.pw_gid)
 
 
-def _http_json(url: str, timeout: float = 5.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
+def _http_json(url: str, state: ClusterState, timeout: float = 5.0) -> Any:
+    """GET ``url`` of the cluster of ``state`` (with its CA and credentials if secure)."""
+    request = urllib.request.Request(url)
+    context = None
+    if state.ca_file:
+        context = ssl.create_default_context(cafile=state.ca_file)
+        password = Path(state.password_file).read_text().strip()
+        token = base64.b64encode(f"{state.user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:
         return json.loads(resp.read())
 
 
@@ -271,7 +296,7 @@ class LocalCluster:
         if state is None:
             return None
         try:
-            _http_json(state.url + "/", timeout=2)
+            _http_json(state.url + "/", state, timeout=2)
         except (OSError, ValueError):
             return None
         return state.url
@@ -282,7 +307,7 @@ class LocalCluster:
         alive = []
         for url in state.urls if state else []:
             try:
-                _http_json(url + "/", timeout=2)
+                _http_json(url + "/", state, timeout=2)
                 alive.append(url)
             except (OSError, ValueError):
                 continue
@@ -294,15 +319,16 @@ class LocalCluster:
         if state is None:
             raise ClusterError(f"cluster {self.name!r} is not running (no state file)")
         try:
-            root = _http_json(state.url + "/")
-            health = _http_json(state.url + "/_cluster/health")
-            nodes = _http_json(state.url + "/_nodes/plugins")["nodes"].values()
+            root = _http_json(state.url + "/", state)
+            health = _http_json(state.url + "/_cluster/health", state)
+            nodes = _http_json(state.url + "/_nodes/plugins", state)["nodes"].values()
         except (OSError, ValueError) as exc:
             raise ClusterError(
                 f"cluster {self.name!r} at {state.url} does not answer: {exc}") from None
         return {
             "url": state.url,
             "runtime": state.runtime,
+            "secure": bool(state.ca_file),
             "distribution": root["version"].get("distribution", "elasticsearch"),
             "version": root["version"]["number"],
             "health": health["status"],
@@ -316,16 +342,20 @@ class LocalCluster:
 
     def up(self, nodes: int = 1, version: str = OPENSEARCH_VERSION, heap: str = "512m",
            http_port: int | None = None, timeout: float = 180.0,
-           settings: dict[str, Any] | None = None) -> ClusterState:
+           settings: dict[str, Any] | None = None, secure: bool = False) -> ClusterState:
         """Start ``nodes`` OpenSearch nodes and wait until the cluster is green.
 
         ``settings`` are extra ``opensearch.yml`` settings for every node.
+        ``secure`` runs OpenSearch with the security plugin (version
+        :data:`~milco_os.cluster_security.SECURE_VERSION`): HTTPS with a private CA
+        and basic auth as ``admin``; the CA file and password file are in the state.
         """
         if (url := self.url()) is not None:
             raise ClusterError(f"cluster {self.name!r} is already running at {url}")
         if nodes < 1:
             raise ClusterError("--nodes must be at least 1")
-        home = install_opensearch(version)
+        version = security.SECURE_VERSION if secure else version
+        home = install_opensearch(version, secure=secure)
         java_home = find_java(21 if version.startswith("3.") else 11)
         user = _unprivileged_user()
         folder = _run_root() / "clusters" / self.name
@@ -333,10 +363,17 @@ class LocalCluster:
         ports = [(http_port if i == 0 and http_port else _free_port(), _free_port())
                  for i in range(nodes)]
         names = [f"{self.name}-{i}" for i in range(nodes)]
-        state = ClusterState(self.name, version, "local", f"http://127.0.0.1:{ports[0][0]}")
+        scheme = "https" if secure else "http"
+        state = ClusterState(self.name, version, "local", f"{scheme}://127.0.0.1:{ports[0][0]}")
+        node_settings = dict(settings or {})
+        if secure:
+            password_hash = self._secure_setup(state, home, java_home, folder)
+            node_settings.update(security.node_settings())
         for i, (http, transport) in enumerate(ports):
             node_dir = folder / names[i]
-            self._write_config(home, node_dir, names, ports, i, heap, settings or {})
+            self._write_config(home, node_dir, names, ports, i, heap, node_settings)
+            if secure:
+                security.configure_node(node_dir / "config", folder / "certs", password_hash)
             _chown_tree(folder, user)
             pid = self._spawn(home, node_dir, java_home, user)
             state.nodes.append(NodeState(names[i], pid, http, transport, str(node_dir)))
@@ -358,21 +395,33 @@ class LocalCluster:
                            check=True)
             self.state_file.unlink()
             return []
-        stopped = [n.pid for n in state.nodes if _process_alive(n.pid, n.folder)]
-        for pid in stopped:
-            os.killpg(pid, signal.SIGTERM)
+        if state.password_file:
+            Path(state.password_file).unlink(missing_ok=True)
+        alive = [n for n in state.nodes if _process_alive(n.pid, n.folder)]
+        for node in alive:
+            os.killpg(node.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while any(_process_alive(p, n.folder) for p, n in zip(stopped, state.nodes, strict=False)):
+        while remaining := [n for n in alive if _process_alive(n.pid, n.folder)]:
             if time.monotonic() > deadline:
-                for n in state.nodes:
-                    if _process_alive(n.pid, n.folder):
-                        os.killpg(n.pid, signal.SIGKILL)
+                for node in remaining:
+                    os.killpg(node.pid, signal.SIGKILL)
                 break
             time.sleep(0.2)
         self.state_file.unlink()
-        return stopped
+        return [n.pid for n in alive]
 
     # -- internals
+
+    def _secure_setup(self, state: ClusterState, home: Path, java_home: Path, folder: Path
+                      ) -> str:
+        """Make the certificates and the admin password; return the password's hash."""
+        ca_file = security.make_certificates(folder / "certs")
+        password_file = self.state_file.with_suffix(".password")
+        password_hash = security.bcrypt_hash(home, java_home,
+                                             security.new_password(password_file))
+        state.ca_file, state.user = str(ca_file), security.ADMIN_USER
+        state.password_file = str(password_file)
+        return password_hash
 
     @staticmethod
     def _write_config(home: Path, node_dir: Path, names: list[str],
@@ -437,7 +486,7 @@ class LocalCluster:
                     raise ClusterError(f"node {node.name} exited during start-up:\n"
                                        + _log_tail(Path(node.folder)))
             try:
-                health = _http_json(state.url + query + "&timeout=2s", timeout=5)
+                health = _http_json(state.url + query + "&timeout=2s", state, timeout=5)
                 if health.get("status") == "green" and not health.get("timed_out"):
                     return
             except (OSError, ValueError):

@@ -98,12 +98,18 @@ class ConnectionSettings:
             return self
         from milco_os.cluster import LocalCluster
 
-        url = ",".join(LocalCluster().hosts())
+        cluster = LocalCluster()
+        url = ",".join(cluster.hosts())
         if not url:
             raise ConnectionSettingsError(
                 "no cluster configured: pass --url, set MILCO_OS_URL, "
                 "or start a local one with `milco-os cluster up`"
             )
+        state = cluster.state()
+        if state.ca_file and not self.user:  # a secure local cluster: its own CA and admin
+            password = _read_secret(None, state.password_file, "password")
+            return replace(self, url=url, user=state.user, password=password,
+                           ca_certs=self.ca_certs or state.ca_file)
         return replace(self, url=url)
 
     def client_kwargs(self) -> dict[str, Any]:

@@ -36,6 +36,8 @@ def cluster() -> None:
 @click.option("--port", type=int, help="HTTP port of the first node [default: a free port].")
 @click.option("--setting", "settings", multiple=True, metavar="KEY=VALUE",
               help="Extra opensearch.yml setting for every node (local runtime). Repeatable.")
+@click.option("--secure", is_flag=True,
+              help="TLS and basic auth (security plugin; OpenSearch 2.11.1, local runtime).")
 @click.option("--runtime", type=click.Choice(["auto", "local", "docker"]), default="auto",
               show_default=True,
               help="`docker`: docker compose with docker/compose.yml; `local`: OpenSearch from "
@@ -43,7 +45,7 @@ def cluster() -> None:
 @click.option("--compose-file", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("docker/compose.yml"), show_default=True)
 def up(name: str, nodes: int, version: str, heap: str, port: int | None,
-       settings: tuple[str, ...], runtime: str, compose_file: Path) -> None:
+       settings: tuple[str, ...], secure: bool, runtime: str, compose_file: Path) -> None:
     """Start a cluster, wait until it is green, and print its URL."""
     start = time.monotonic()
     extra = {}
@@ -60,11 +62,15 @@ def up(name: str, nodes: int, version: str, heap: str, port: int | None,
             click.echo(f"starting OpenSearch {version} ({nodes} node(s), heap {heap})...",
                        err=True)
             state = LocalCluster(name).up(nodes=nodes, version=version, heap=heap,
-                                          http_port=port, settings=extra)
+                                          http_port=port, settings=extra, secure=secure)
     except ClusterError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"cluster {name!r} is green after {time.monotonic() - start:.1f}s "
                f"({len(state.nodes) or nodes} node(s))", err=True)
+    if state.ca_file:
+        click.echo(f"connect with: MILCO_OS_USER={state.user} "
+                   f"MILCO_OS_PASSWORD_FILE={state.password_file} "
+                   f"MILCO_OS_CA_CERTS={state.ca_file}", err=True)
     click.echo(state.url)
 
 
