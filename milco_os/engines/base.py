@@ -62,6 +62,34 @@ class IndexNotFoundError(EngineError):
     """The index does not exist."""
 
 
+_FORBIDDEN_IN_NAMES = '\\/*?"<>| ,#:'
+
+
+def check_index_name(index: str) -> str:
+    """``index`` if it names exactly one concrete index, else :class:`EngineError`.
+
+    Wildcards, ``_all``, path pieces and commas would make a request reach
+    other indexes (``DELETE /*`` deletes them all), so they are refused before
+    any request is made; the rules are the engines' own for index names.
+    """
+    problem = None
+    if not isinstance(index, str) or not index:
+        problem = "it is empty"
+    elif index in (".", ".."):
+        problem = "'.' and '..' are not index names"
+    elif index[0] in "_-+":
+        problem = "it must not start with '_', '-' or '+'"
+    elif index != index.lower():
+        problem = "it must be lower case"
+    elif bad := sorted({c for c in index if c in _FORBIDDEN_IN_NAMES}):
+        problem = f"it must not contain {' '.join(map(repr, bad))}"
+    elif len(index.encode()) > 255:
+        problem = "it is longer than 255 bytes"
+    if problem:
+        raise EngineError(f"invalid index name {index!r}: {problem}")
+    return index
+
+
 class Engine(ABC):
     """A search backend holding MILCO indexes."""
 

@@ -21,6 +21,7 @@ from milco_os.engines.base import (
     Hit,
     IndexNotFoundError,
     TransientEngineError,
+    check_index_name,
 )
 from milco_os.mappings import index_body
 from milco_os.query import SparseQuery, build_search_body
@@ -52,7 +53,7 @@ def classify_error(method: str, path: str, status: int, error: Any) -> EngineErr
 
 
 def _path(index: str, *parts: str) -> str:
-    return "/" + "/".join([quote(index, safe=""), *parts])
+    return "/" + "/".join([quote(check_index_name(index), safe=""), *parts])
 
 
 class ClusterEngine(Engine):
@@ -126,6 +127,7 @@ class ClusterEngine(Engine):
     def bulk_index(
         self, index: str, docs: Sequence[tuple[str, dict[str, Any]]]
     ) -> list[BulkFailure]:
+        check_index_name(index)
         lines, failures = [], []
         for doc_id, source in docs:
             try:  # NaN/inf are not JSON: refuse that document alone, as the engine would
