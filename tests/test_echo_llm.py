@@ -34,7 +34,7 @@ from milco_os.training.trainer import Trainer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+SHARED = Path(os.environ.get("MILCO_OS_SHARED", REPO.parent / "shared"))
 SPLADE_TINY = SHARED / "models" / "splade-tiny"
 DISTILLATION = REPO / "training" / "configs" / "tiny-distillation.jsonl"
 TEXTS = ["The cat sleeps on the warm sofa.", "A storm closed the harbour for two days.",
