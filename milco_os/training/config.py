@@ -68,6 +68,7 @@ class TrainConfig:
     cache_encoder_states: bool = False
     cache_max_positions: int = 2_000_000
     # bookkeeping
+    max_minutes: float | None = None  # stop (and save) after this much training time
     log_every: int = 10
     save_every: int | None = None
     save_total_limit: int | None = None

@@ -13,6 +13,7 @@ line-aligned Tatoeba and NTREX-128 folders.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -142,6 +143,7 @@ def load_parallel_source(spec: dict[str, Any]) -> Sequence[Row]:
     kind, path = spec.get("kind", "rows"), spec.get("path")
     if not path:
         raise TrainingDataError(f"parallel source {spec}: field 'path' is required")
+    path = os.path.expanduser(path)
     languages = spec.get("languages")
     if kind == "tatoeba":
         return read_tatoeba(path, languages)

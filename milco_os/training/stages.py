@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ def load_tokenizer(directory: str | Path) -> Any:
 def build_student(cfg: TrainConfig) -> SparseModel:
     """The student of ``cfg.model``, first match of ``path`` (a MILCO or SPLADE folder, e.g.
     a stage-1 checkpoint), ``encoder`` + ``head`` (backbone folders), ``preset`` (random)."""
-    spec = cfg.model
+    spec = {k: os.path.expanduser(v) if isinstance(v, str) else v for k, v in cfg.model.items()}
     if spec.get("path"):
         return load_sparse_model(spec["path"])
     if spec.get("encoder") and spec.get("head"):
@@ -170,7 +171,7 @@ class AlignmentStage(_StageBase):
             raise ConfigError("stage sap needs data.parallel: a list of parallel sources")
         self.cfg = cfg
         self.model = build_student(cfg)
-        self.teacher = load_sparse_model(cfg.teacher)
+        self.teacher = load_sparse_model(os.path.expanduser(cfg.teacher))
         freeze(self.teacher)
         self.teacher.eval()  # the released code left the teacher's dropout on
         if getattr(self.model, "echo", None) is not None:
@@ -266,4 +267,5 @@ def iter_rows(dataset: Sequence[Any]):
 
 def build_stage(cfg: TrainConfig) -> AlignmentStage | ContrastiveStage:
     """The stage ``cfg.stage`` names, with its model, data and loss."""
+    torch.manual_seed(cfg.seed)  # fresh parts (connector, echo head) start the same every run
     return AlignmentStage(cfg) if cfg.stage == "sap" else ContrastiveStage(cfg)

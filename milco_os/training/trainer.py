@@ -25,6 +25,7 @@ import math
 import os
 import random
 import shutil
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -298,7 +299,7 @@ class Trainer:
         model = self.engine if self.engine is not None else self.stage.model
         model.train()
         sums: dict[str, float] = {}
-        micro = 0
+        micro, started = 0, time.monotonic()
         for epoch, index, batch in self._micro_batches(pos):
             if pos.step >= self.steps:
                 break
@@ -319,10 +320,22 @@ class Trainer:
             sums = {}
             if self.cfg.save_every and pos.step % self.cfg.save_every == 0:
                 result.last_checkpoint = self.save_checkpoint(pos)
+            if self._out_of_time(started):
+                break
         if result.last_checkpoint != self.out / f"checkpoint-{pos.step}":
             result.last_checkpoint = self.save_checkpoint(pos)
         result.position = pos
         return result
+
+    def _out_of_time(self, started: float) -> bool:
+        """Whether ``max_minutes`` is spent, decided by rank 0 so every rank stops together."""
+        if self.cfg.max_minutes is None:
+            return False
+        flag = torch.tensor([time.monotonic() - started > 60 * self.cfg.max_minutes],
+                            dtype=torch.int32, device=self.device)
+        if self.dist.world > 1:
+            dist.broadcast(flag, src=0)
+        return bool(flag.item())
 
     def _log(self, pos: Position, sums: dict[str, float]) -> dict[str, float]:
         record = {"step": pos.step, "epoch": pos.epoch, "lr": self.scheduler.get_last_lr()[0],
