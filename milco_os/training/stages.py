@@ -74,7 +74,8 @@ def build_student(cfg: TrainConfig) -> SparseModel:
     if spec.get("preset"):
         from milco_os.presets import init_model
 
-        folder = init_model(spec["preset"], Path(cfg.output_dir) / "init", seed=cfg.seed)
+        rank = os.environ.get("RANK", "0")  # one folder per process: no concurrent writes
+        folder = init_model(spec["preset"], Path(cfg.output_dir) / f"init-{rank}", seed=cfg.seed)
         return MilcoModel.from_pretrained(folder)
     raise ConfigError(f"model: expected preset, path, or encoder + head; got {spec}")
 

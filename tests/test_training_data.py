@@ -1,0 +1,178 @@
+"""Training data: sources, held-out lines, distillation groups, batching, collators, config."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, pre_tokenizers
+from tokenizers.models import WordLevel
+from transformers import PreTrainedTokenizerFast
+
+from milco_os.training.config import ConfigError, TrainConfig
+from milco_os.training.data import (
+    DistillationGroups,
+    GroupCollator,
+    LengthGroupedBatches,
+    ParallelCollator,
+    TrainingDataError,
+    load_parallel_source,
+    load_rows,
+    ntrex_languages,
+    read_ntrex,
+    read_tatoeba,
+    sample_group,
+)
+
+PAIRS = [{"english": f"the house {i}", "non_english": f"das Haus {i}"} for i in range(5)]
+
+
+def write_lines(path: Path, lines: list[str]) -> None:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".tsv", ".parquet"])
+def test_local_parallel_files_load_in_every_format(tmp_path, suffix) -> None:
+    path = tmp_path / f"pairs{suffix}"
+    if suffix == ".jsonl":
+        write_lines(path, [json.dumps(r) for r in PAIRS])
+    elif suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(PAIRS), path)
+    else:
+        sep = "," if suffix == ".csv" else "\t"
+        write_lines(path, [f"english{sep}non_english"]
+                    + [f"{r['english']}{sep}{r['non_english']}" for r in PAIRS])
+    rows = load_parallel_source({"kind": "rows", "path": str(path)})
+    assert [dict(r) for r in rows] == PAIRS
+
+
+def test_missing_column_and_unreachable_hub_id_are_clear_errors(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "bad.jsonl"
+    write_lines(path, [json.dumps({"english": "a", "other": "b"})])
+    with pytest.raises(TrainingDataError, match=r"missing column\(s\) \['non_english'\]"):
+        load_rows(str(path), ["english", "non_english"])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(TrainingDataError, match="neither a local path nor a reachable hub"):
+        load_rows("no-such-owner/no-such-parallel-set", ["english"])
+
+
+def test_tatoeba_and_ntrex_readers_align_lines_and_hold_out_the_tail(tmp_path) -> None:
+    write_lines(tmp_path / "tatoeba.deu-eng.deu", ["Hallo", "Danke"])
+    write_lines(tmp_path / "tatoeba.deu-eng.eng", ["Hello", "Thanks"])
+    assert read_tatoeba(tmp_path) == [{"english": "Hello", "non_english": "Hallo"},
+                                      {"english": "Thanks", "non_english": "Danke"}]
+    english = [f"line {i}" for i in range(10)]
+    write_lines(tmp_path / "newstest2019-src.eng.txt", english)
+    write_lines(tmp_path / "newstest2019-ref.deu.txt", [f"Zeile {i}" for i in range(10)])
+    write_lines(tmp_path / "newstest2019-ref.spa.txt", [f"linea {i}" for i in range(10)])
+    assert ntrex_languages(tmp_path) == ["deu", "spa"]
+    rows = read_ntrex(tmp_path, holdout=3)
+    assert len(rows) == 14 and rows[6] == {"english": "line 6", "non_english": "Zeile 6"}
+    assert not any(r["english"] in {"line 7", "line 8", "line 9"} for r in rows)
+    write_lines(tmp_path / "newstest2019-ref.fra.txt", ["une ligne"])
+    with pytest.raises(TrainingDataError, match="1 lines vs 10 English"):
+        read_ntrex(tmp_path, ["fra"])
+
+
+@pytest.mark.shared
+def test_real_ntrex_holds_out_the_last_200_lines(shared_dir) -> None:
+    ntrex = shared_dir / "data" / "ntrex128"
+    rows = read_ntrex(ntrex, ["deu"], holdout=200)
+    english = (ntrex / "newstest2019-src.eng.txt").read_text(encoding="utf-8").splitlines()
+    assert len(english) == 1997 and len(rows) <= 1797
+    held = set(english[-200:]) - set(english[:-200])
+    assert held and not held & {r["english"] for r in rows}
+
+
+def test_sample_group_puts_one_positive_first_and_distinct_negatives() -> None:
+    row = {"query": "q", "pos": ["p0", "p1"], "pos_scores": [9.0, 8.0],
+           "neg": [f"n{i}" for i in range(10)], "neg_scores": [float(i) for i in range(10)]}
+    group = sample_group(row, 0, 8, random.Random(0))
+    assert group.docs[0] in {"p0", "p1"} and len(group.docs) == 8
+    assert len(set(group.docs[1:])) == 7 and all(d.startswith("n") for d in group.docs[1:])
+    for doc, score in zip(group.docs, group.teacher_scores, strict=True):
+        source = "pos" if doc.startswith("p") else "neg"
+        assert row[f"{source}_scores"][row[source].index(doc)] == score
+    few = {**row, "neg": ["n0", "n1"], "neg_scores": [0.0, 1.0]}
+    assert len(sample_group(few, 0, 8, random.Random(0)).docs) == 8  # with replacement
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"pos_scores": [1.0, 2.0]}, "record 3: field 'pos_scores' has 2 scores for 1 'pos'"),
+    ({"neg": None}, "record 3: field 'neg' is missing"),
+    ({"pos": [], "pos_scores": []}, "record 3: field 'pos' is empty"),
+    ({"query": ""}, "record 3: field 'query' must be text"),
+])
+def test_bad_distillation_records_name_the_record_and_field(change, message) -> None:
+    row = {"query": "q", "pos": ["p"], "pos_scores": [1.0], "neg": ["n"], "neg_scores": [0.0],
+           **change}
+    with pytest.raises(TrainingDataError, match=message.replace("(", r"\(")):
+        sample_group(row, 3, 2, random.Random(0))
+
+
+def test_distillation_groups_resample_per_epoch_reproducibly() -> None:
+    rows = [{"query": "q", "pos": ["p"], "pos_scores": [1.0],
+             "neg": [f"n{i}" for i in range(20)], "neg_scores": [0.0] * 20}]
+    groups = DistillationGroups(rows, group_size=4, seed=1)
+    first = groups[0]
+    assert DistillationGroups(rows, group_size=4, seed=1)[0] == first
+    groups.set_epoch(1)
+    assert groups[0] != first
+
+
+def test_length_grouped_batches_cover_every_index_once_and_repeat_per_epoch() -> None:
+    lengths = [random.Random(i).randrange(1, 100) for i in range(103)]
+    batches = LengthGroupedBatches(lengths, batch_size=8, seed=3, mega_factor=4)
+    epoch0 = batches.epoch(0)
+    assert sorted(i for b in epoch0 for i in b) == list(range(103))
+    assert sum(len(b) < 8 for b in epoch0) == 1
+    assert epoch0 == batches.epoch(0) and epoch0 != batches.epoch(1)
+    for batch in epoch0:  # sorted by length inside each batch (longest first)
+        assert [lengths[i] for i in batch] == sorted((lengths[i] for i in batch), reverse=True)
+
+
+def word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
+    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", *words])}
+    tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>")
+
+
+def test_collators_pad_each_batch_to_its_longest_text() -> None:
+    tok = word_tokenizer(["the", "house", "das", "haus", "a", "b", "c"])
+    batch = ParallelCollator(tok, tok, max_length=16)(
+        [{"english": "the house", "non_english": "das haus a b c"},
+         {"english": "the", "non_english": "das"}])
+    assert batch["non_english"]["input_ids"].shape == (2, 5)
+    assert batch["english"]["attention_mask"].tolist() == [[1, 1], [1, 0]]
+    with pytest.raises(TrainingDataError, match="record 0 of the batch: field 'english'"):
+        ParallelCollator(tok, tok)([{"english": None, "non_english": "das"}])
+    rows = [{"query": "a b", "pos": ["the house"], "pos_scores": [5.0], "neg": ["c"],
+             "neg_scores": [1.0]}] * 2
+    groups = DistillationGroups(rows, group_size=2)
+    out = GroupCollator(tok)([groups[0], groups[1]])
+    assert out["docs"]["input_ids"].shape == (4, 2)
+    assert torch.equal(out["teacher_scores"], torch.tensor([[5.0, 1.0], [5.0, 1.0]]))
+
+
+def test_config_overrides_types_and_errors(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("stage: sap\noutput_dir: out\nlr: 2e-5\nmodel: {preset: tiny}\n")
+    cfg = TrainConfig.from_file(path, ["max_steps=7", "model.path=/m", "bf16=false"])
+    assert (cfg.lr, cfg.max_steps, cfg.model, cfg.bf16) == (2e-5, 7, {"preset": "tiny",
+                                                                       "path": "/m"}, False)
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['learning_rate'\]"):
+        TrainConfig.from_file(path, ["learning_rate=1"])
+    with pytest.raises(ConfigError, match="not of the form key=value"):
+        TrainConfig.from_file(path, ["max_steps"])
+    with pytest.raises(ConfigError, match="needs freeze_encoder"):
+        TrainConfig.from_file(path, ["cache_encoder_states=true"])
+    with pytest.raises(ConfigError, match="lr must be a number"):
+        TrainConfig.from_file(path, ["lr=fast"])
