@@ -23,6 +23,6 @@ fi
 $milco ingest --index sample-multilingual --model "$model" --prune topk:128 --quiet
 $milco index info sample-multilingual
 for q in "Welsh Parliament name change" "Walisisches Parlament Namensänderung" "威尔士议会"; do
-  $milco search --index sample-multilingual --model "$model" --k 3 --explain "$q"
+  $milco search --index sample-multilingual --model "$model" --k 3 --query-prune topk:100 --explain "$q"
 done
 echo "stop the cluster with: $milco cluster down --name demo"
