@@ -190,6 +190,7 @@ class EchoLlmModel(nn.Module):
             auto = AutoModelForCausalLM if head_config is None else AutoModel
             llm = auto.from_config(config.llm())
         self.llm: nn.Module = llm
+        self.pivot_vocab_size = config.vocab_size  # read per chunk of logits: kept, not derived
         hidden = self.backbone().config.hidden_size
         if head_config is None:
             self.projector = self.mlm_head = None
@@ -244,7 +245,7 @@ class EchoLlmModel(nn.Module):
         if self.mlm_head is not None:
             return self.mlm_head(nn.functional.gelu(self.projector(hidden)))
         logits = self.backbone().get_output_embeddings()(hidden)
-        return logits[..., : self.config.vocab_size]
+        return logits[..., : self.pivot_vocab_size]
 
     def pivot_from_states(self, hidden: Tensor, attention_mask: Tensor,
                           chunk_size: int | None = None) -> Tensor:

@@ -259,6 +259,11 @@ def test_merged_save_reloads_to_the_same_vectors(tiny, tmp_path):
     with torch.no_grad():
         reloaded = load_sparse_model(out)(ids, mask).pivot
     torch.testing.assert_close(reloaded, adapted, rtol=0, atol=1e-5)
+    # as after DeepSpeed: the weights given as a state dict with this module's names
+    given = model.save_pretrained(tmp_path / "given", state_dict=dict(model.state_dict()))
+    for name in ("llm/model.safetensors", "adapter/adapter_model.safetensors"):
+        a, b = load_file(out / name), load_file(given / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # the merge equals peft's own, and the adapter folder is a valid peft adapter
     peft_merged = model.llm.merge_and_unload().state_dict()
     saved = load_file(out / "llm" / "model.safetensors")
@@ -392,6 +397,8 @@ def test_bad_model_specs_are_named():
         EchoTrainingOptions.from_spec({"kind": "echo-llm", "preset": "tiny", "lora_rank": 4})
     with pytest.raises(ConfigError, match="model.lora"):
         EchoTrainingOptions.from_spec({"kind": "echo-llm", "preset": "tiny", "lora": {"rank": 4}})
+    with pytest.raises(ConfigError, match="english_head"):
+        EchoTrainingOptions.from_spec({"kind": "echo-llm", "path": "x", "english_head": "y"})
     with pytest.raises(ValueError, match="unknown echo-LLM preset"):
         init_echo_model("huge", "/nonexistent")
     with pytest.raises(Exception, match="llm_config"):

@@ -38,6 +38,8 @@ from milco_os.training.config import ConfigError, TrainConfig
 from milco_os.training.stages import ContrastiveStage
 
 SOURCES = ("path", "backbone", "preset")
+# Settings fixed when a causal LM is converted into an echo-LLM folder.
+CONVERSION_KEYS = ("english_head", "echo", "echo_prefix", "echo_separator")
 INIT_DIR = "init"
 # What the init folder was made from, written last: its presence means the folder is complete.
 RECIPE_NAME = "recipe.json"
@@ -69,8 +71,8 @@ class EchoTrainingOptions:
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> EchoTrainingOptions:
-        known = {"kind", *SOURCES, "lora", "full_finetune", "gradient_checkpointing",
-                 "train_head", "english_head", "echo", "echo_prefix", "echo_separator"}
+        known = {"kind", *SOURCES, *CONVERSION_KEYS, "lora", "full_finetune",
+                 "gradient_checkpointing", "train_head"}
         unknown = sorted(set(spec) - known)
         if unknown:
             raise ConfigError(f"model: unknown key(s) {unknown} for kind {ECHO_LLM_TYPE!r}; "
@@ -79,6 +81,10 @@ class EchoTrainingOptions:
         if len(sources) != 1:
             raise ConfigError(f"model: give exactly one of {SOURCES} for kind "
                               f"{ECHO_LLM_TYPE!r}; got {sources or 'none'}")
+        conversion = sorted(k for k in CONVERSION_KEYS if k in spec)
+        if conversion and sources[0] != "backbone":
+            raise ConfigError(f"model: {conversion} only apply when converting a backbone; "
+                              f"a {sources[0]} folder carries its own settings")
         lora_spec = spec.get("lora") or {}
         if not isinstance(lora_spec, Mapping):
             raise ConfigError(f"model.lora must be a mapping (r, alpha, dropout, "
