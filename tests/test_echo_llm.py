@@ -403,3 +403,43 @@ def test_bad_model_specs_are_named():
         init_echo_model("huge", "/nonexistent")
     with pytest.raises(Exception, match="llm_config"):
         EchoLlmConfig().llm()
+
+
+# ---------------------------------------------------------------- ingestion and search
+
+
+@pytest.mark.cluster
+def test_echo_llm_vectors_index_and_search_in_opensearch(tiny, cluster_url):
+    """Byte-level BPE pieces (``Ġcat``, odd bytes) go through the engine-safe features and
+    scores equal exact dot products within Lucene's 9-bit document weights."""
+    import uuid
+
+    from milco_os.connection import ConnectionSettings
+    from milco_os.documents import build_source
+    from milco_os.engines.opensearch import OpenSearchEngine
+    from milco_os.pruning import Pruning
+    from milco_os.search import Searcher, SearchOptions
+
+    encoder = SparseEncoder.from_pretrained(tiny, device="cpu")
+    docs = encoder.encode(TEXTS, kind="document")
+    engine = OpenSearchEngine(ConnectionSettings(url=cluster_url))
+    index = f"test-echo-llm-{uuid.uuid4().hex[:10]}"
+    engine.create_index(index, meta={"model": "echo-tiny", "views": ["pivot"],
+                                     "pruning": "none"})
+    try:
+        assert engine.bulk_index(index, [(f"d{i}#0", build_source(f"d{i}", 0, v))
+                                         for i, v in enumerate(docs)]) == []
+        engine.refresh(index)
+        searcher = Searcher(engine, index, encoder,
+                            SearchOptions(prune=Pruning.parse("topk:100").apply))
+        query = Pruning.parse("topk:100").apply(encoder.encode([TEXTS[1]])[0])
+        [hits] = searcher.search([TEXTS[1]], k=3)
+        exact = {f"d{i}": sum(w * d.pivot.to_dict().get(t, 0.0)
+                              for t, w in query.pivot.to_dict().items())
+                 for i, d in enumerate(docs)}
+        assert sorted(h.doc_id for h in hits) == sorted(exact)
+        for hit in hits:
+            assert hit.score == pytest.approx(exact[hit.doc_id], rel=0.005)
+            assert searcher.explain(hit, query).agrees()
+    finally:
+        engine.delete_index(index)
