@@ -61,7 +61,7 @@ def run(quick: bool) -> dict:
             assert ok == n and not errors, errors
             engine.refresh(index)
 
-        seconds = best_of(2 if quick else 3, {"milco-os": ingestor, "helpers.bulk": plain_bulk})
+        seconds = best_of(3, {"milco-os": ingestor, "helpers.bulk": plain_bulk})
         for index in ("bench-ingest-milco", "bench-ingest-bulk"):
             engine.delete_index(index)
     ours, theirs = n / seconds["milco-os"], n / seconds["helpers.bulk"]

@@ -238,3 +238,25 @@ def test_dataset_readers_name_what_is_wrong(tmp_path: Path, beir: Path):
         load_dataset(str(beir), langs=["fr"])
     with pytest.raises(DatasetError, match="give the languages"):
         load_dataset("miracl")
+
+
+def test_cli_build_splits_passages_and_scores_documents_by_their_best_passage(
+        tmp_path: Path, beir: Path, model_dir: Path, encoder: SparseEncoder):
+    local = tmp_path / "local"
+    result = CliRunner().invoke(main, [
+        "evaluate", "--engine", "local", "--local-path", str(local), "--index", "fx-passages",
+        "--dataset", str(beir), "--model", str(model_dir), "--build", "--passage-window", "3",
+        "--k", "5", "--run-out", str(tmp_path / "runs"),
+    ])
+    assert result.exit_code == 0, result.output
+    engine = open_engine(None, "local", local_path=str(local))
+    assert engine.count("fx-passages") > 40  # 40 documents, several passages each
+    run = read_trec_run(tmp_path / "runs" / "milco.run")
+    data = load_dataset(str(beir))
+    every_passage = Searcher(engine, "fx-passages", encoder)
+    for query in data.queries:
+        best = best_per_document(every_passage.search([query.text], k=1000)[0])
+        # Batched and single query encodings differ in the last float32 bits; ties may swap.
+        assert sorted(run[query.id].values()) == pytest.approx(sorted(best.values())[-5:])
+        assert [run[query.id][d] for d in run[query.id]] == pytest.approx(
+            [best[d] for d in run[query.id]])

@@ -93,6 +93,11 @@ def _index_for(base: str, doc_prune: str) -> str:
                    "paper's evaluation did.")
 @click.option("--build", is_flag=True, help="Index the dataset's corpus first when an index "
                                             "is missing (needs --model).")
+@click.option("--passage-window", type=click.IntRange(min=1),
+              help="With --build: split documents into passages of this many tokens (MLDR: "
+                   "512); a document scores as its best passage.")
+@click.option("--max-length", type=click.IntRange(min=1),
+              help="With --build: tokens per passage given to the model.")
 @click.option("--run-out", type=click.Path(file_okay=False, path_type=Path),
               help="Write <system>.run (TREC) and <system>.json per system, and summary.json.")
 @click.option("--plots", type=click.Path(file_okay=False, path_type=Path),
@@ -106,8 +111,9 @@ def evaluate(dataset_spec: str, index: str | None, model: str | None, metrics: t
              langs: tuple[str, ...], split: str | None, lang: str | None, k: int,
              query_prune: tuple[str, ...], doc_prune: tuple[str, ...], alphas: tuple[float, ...],
              views: tuple[str, ...], modes: tuple[str, ...], lowercase: bool, build: bool,
-             run_out: Path | None, plots: Path | None, compare_runs: tuple[Path, ...],
-             device: str | None, settings: ConnectionSettings) -> None:
+             passage_window: int | None, max_length: int | None, run_out: Path | None,
+             plots: Path | None, compare_runs: tuple[Path, ...], device: str | None,
+             settings: ConnectionSettings) -> None:
     """Evaluate retrieval on a test collection with ir-measures.
 
     Example: milco-os evaluate --index miracl-{lang} --dataset miracl --langs sw,te
@@ -136,7 +142,8 @@ def evaluate(dataset_spec: str, index: str | None, model: str | None, metrics: t
     systems = _systems(index, _csv(doc_prune), _csv(query_prune), alphas,
                        _choices(views, VIEW_CHOICES, "--views"),
                        _choices(modes, MODE_CHOICES, "--mode"))
-    runner = _Runner(settings, dataset, model, device, metric_names, k, build)
+    build_spec = {"passage_window": passage_window, "max_length": max_length} if build else None
+    runner = _Runner(settings, dataset, model, device, metric_names, k, build_spec)
     results = {s.name: runner.run(s) for s in systems}
     evaluations = {name: e for name, (e, _) in results.items()}
     click.echo(_sweep_table(results, metric_names))
@@ -193,7 +200,8 @@ class _Runner:
     """Opens engines, encoders and indexes once, and evaluates one system at a time."""
 
     def __init__(self, settings: ConnectionSettings, dataset, model: str | None,
-                 device: str | None, metrics: list[str], k: int, build: bool) -> None:
+                 device: str | None, metrics: list[str], k: int,
+                 build: dict[str, int | None] | None) -> None:
         from milco_os.engines import open_engine
 
         self.engine = open_engine(settings)
@@ -229,8 +237,10 @@ class _Runner:
         from milco_os.search import Searcher, SearchOptions
         from milco_os.sparse import SparseVector
 
+        # Indexes of split documents return one hit per document: its best passage.
+        collapse = bool((self.engine.meta(index).get("passages") or {}).get("window"))
         if system.mode == "bm25":
-            return BM25Searcher(self.engine, index)
+            return BM25Searcher(self.engine, index, collapse=collapse)
         rule = Pruning.parse(system.query_prune)
         pivot_only = system.views == "pivot"
 
@@ -238,7 +248,8 @@ class _Runner:
             vector = rule.apply(vector)
             return SparseVector(vector.pivot) if pivot_only else vector
 
-        options = SearchOptions(alpha=system.alpha, mode=system.mode, prune=prune)
+        options = SearchOptions(alpha=system.alpha, mode=system.mode, prune=prune,
+                                collapse=collapse)
         return Searcher(self.engine, index, self._encoder(index), options)
 
     def _encoder(self, index: str):
@@ -260,16 +271,18 @@ class _Runner:
         if self.engine.index_exists(index):
             self.doc_terms[index] = _sample_doc_terms(self.engine, index)
             return
-        if not self.build:
+        if self.build is None:
             raise click.ClickException(f"index {index!r} does not exist: ingest it, or pass "
                                        "--build (with --model) to index the dataset's corpus")
         if not self.model:
             raise click.UsageError("--build needs --model")
         from milco_os.ingest import Ingestor
         from milco_os.pruning import Pruning
-        from milco_os.spec import IngestSpec
+        from milco_os.spec import IngestSpec, Passages
 
-        spec = IngestSpec(index=index, model=self.model, prune=doc_prune, lang=lang)
+        spec = IngestSpec(index=index, model=self.model, prune=doc_prune, lang=lang,
+                          max_length=self.build["max_length"],
+                          passages=Passages(window=self.build["passage_window"]))
         click.echo(f"building index {index!r} (prune {doc_prune}"
                    f"{', lower-cased' if self.dataset.lowercase else ''})", err=True)
         report = Ingestor(self.engine, spec, self._load(self.model), Pruning.parse(doc_prune),
