@@ -128,7 +128,8 @@ class EchoLlmConfig(PretrainedConfig):
         return list(self.echo_prefix_ids or []), list(self.echo_separator_ids or [])
 
 
-AutoConfig.register(ECHO_LLM_TYPE, EchoLlmConfig)  # AutoConfig / AutoTokenizer read our folders
+# AutoConfig and AutoTokenizer (used by the training collators) then read our folders.
+AutoConfig.register(ECHO_LLM_TYPE, EchoLlmConfig, exist_ok=True)
 
 
 @dataclass(frozen=True)
