@@ -397,6 +397,8 @@ def test_bad_model_specs_are_named():
         EchoTrainingOptions.from_spec({"kind": "echo-llm", "preset": "tiny", "lora_rank": 4})
     with pytest.raises(ConfigError, match="model.lora"):
         EchoTrainingOptions.from_spec({"kind": "echo-llm", "preset": "tiny", "lora": {"rank": 4}})
+    with pytest.raises(ConfigError, match="full_finetune"):
+        EchoTrainingOptions.from_spec({"kind": "echo-llm", "preset": "tiny", "lora": False})
     with pytest.raises(ConfigError, match="english_head"):
         EchoTrainingOptions.from_spec({"kind": "echo-llm", "path": "x", "english_head": "y"})
     with pytest.raises(ValueError, match="unknown echo-LLM preset"):

@@ -85,6 +85,9 @@ class EchoTrainingOptions:
         if conversion and sources[0] != "backbone":
             raise ConfigError(f"model: {conversion} only apply when converting a backbone; "
                               f"a {sources[0]} folder carries its own settings")
+        if "lora" in spec and (spec["lora"] is False or spec.get("full_finetune")):
+            raise ConfigError("model: full_finetune: true trains every weight without an "
+                              "adapter; do not combine it with (or write it as) model.lora")
         lora_spec = spec.get("lora") or {}
         if not isinstance(lora_spec, Mapping):
             raise ConfigError(f"model.lora must be a mapping (r, alpha, dropout, "
