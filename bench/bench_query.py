@@ -5,7 +5,8 @@ and the same queries (other sentences, encoded as queries):
 
 - milco-os ``rank_feature`` queries through ``engine.search`` at query pruning
   levels none / top-k / mass, on indexes at document pruning levels none / mass /
-  top-k (index size per document after a force-merge to one segment);
+  top-k (index size per document after a force-merge to one segment, against an
+  index of the same texts without vectors: what BM25 alone needs);
 - baseline 1: BM25, a ``match`` query on the same index's ``text``;
 - baseline 2: exact brute force, scipy sparse dot products of each query with all
   documents (in process; it also defines the true top 10);
@@ -95,34 +96,33 @@ def opensearch_figures(url, texts, docs, query_texts, queries, truth) -> dict:
     from milco_os.engines import open_engine
     from milco_os.pruning import Pruning
     from milco_os.query import SparseQuery
-    from milco_os.sparse import SparseVector
+    from milco_os.sparse import SparseVector, SparseView
 
     engine = open_engine(ConnectionSettings(url=url))
     vectors = [SparseVector.from_dict({"pivot": d}) for d in docs]
     query_vectors = [SparseVector.from_dict({"pivot": q}) for q in queries]
-    meta = {"model": "splade-tiny", "views": ["pivot"], "pruning": "none"}
-    out: dict = {"indexes": {}, "queries": {}}
+    text_only = [build_source(f"d{i}", 0, SparseVector(SparseView.empty()), text=t)
+                 for i, t in enumerate(texts)]
+    out: dict = {"indexes": {}, "queries": {},
+                 "text_only_bytes_per_doc": index_sources(engine, "bench-query-text", "none",
+                                                          text_only) / len(docs)}
+    engine.delete_index("bench-query-text")
     for doc_prune in DOC_PRUNES:
         index = f"bench-query-{re.sub(r'[^a-z0-9]+', '', doc_prune)}"
         rule = Pruning.parse(doc_prune)
-        engine.delete_index(index)
-        engine.create_index(index, meta={**meta, "pruning": doc_prune}, refresh_interval="-1")
-        sources = [(f"d{i}", build_source(f"d{i}", 0, rule.apply(v), text=t))
+        sources = [build_source(f"d{i}", 0, rule.apply(v), text=t)
                    for i, (v, t) in enumerate(zip(vectors, texts, strict=True))]
-        for start in range(0, len(sources), BULK):
-            assert not engine.bulk_index(index, sources[start:start + BULK])
-        force_merge(engine, index)
-        size = engine.index_info(index)["store_bytes"]
         out["indexes"][doc_prune] = {
-            "index": index, "bytes_per_doc": size / len(docs),
-            "terms_per_doc": float(np.mean([len(s["pivot"]) for _, s in sources]))}
+            "index": index,
+            "bytes_per_doc": index_sources(engine, index, doc_prune, sources) / len(docs),
+            "terms_per_doc": float(np.mean([len(s["pivot"]) for s in sources]))}
         prunes = QUERY_PRUNES if doc_prune == "none" else ("none",)
         for query_prune in prunes:
             qrule = Pruning.parse(query_prune)
             sparse = [SparseQuery(qrule.apply(v)) for v in query_vectors]
             calls = [lambda q=q, i=index: engine.search(i, q, K) for q in sparse]
             hits, ms = measure(calls)
-            found = [[int(h.id[1:]) for h in hs] for hs in hits]
+            found = [[int(h.doc_id[1:]) for h in hs] for hs in hits]
             out["queries"][f"doc={doc_prune} q={query_prune}"] = {
                 **latency_stats(ms), "recall_at_10": recall(found, truth),
                 "query_terms_mean": float(np.mean([len(q.vector.pivot) for q in sparse]))}
@@ -131,6 +131,18 @@ def opensearch_figures(url, texts, docs, query_texts, queries, truth) -> dict:
     for info in out["indexes"].values():
         engine.delete_index(info["index"])
     return out
+
+
+def index_sources(engine, index: str, pruning: str, sources: list[dict]) -> int:
+    """A fresh index holding ``sources``, force-merged; its size in bytes."""
+    engine.delete_index(index)
+    engine.create_index(index, meta={"model": "splade-tiny", "views": ["pivot"],
+                                     "pruning": pruning}, refresh_interval="-1")
+    docs = [(f"{s['doc_id']}#0", s) for s in sources]
+    for start in range(0, len(docs), BULK):
+        assert not engine.bulk_index(index, docs[start:start + BULK])
+    force_merge(engine, index)
+    return engine.index_info(index)["store_bytes"]
 
 
 def bm25_figures(engine, index: str, query_texts: list[str]) -> dict:

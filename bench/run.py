@@ -135,9 +135,12 @@ def query_rows(query: dict) -> list[list[str]]:
                      f"{os_figures['queries']['doc=none q=none']['p50_ms']:.1f} ms p50",
                      f"Seismic {m['p50_ms']:.2f} ms p50, recall {m['recall_at_10']:.3f}",
                      f"{query['figures']['milco_vs_seismic_latency_ratio']:.1f}x", "-"])
+    text_only = os_figures["text_only_bytes_per_doc"]
     for prune, info in os_figures["indexes"].items():
         rows.append([f"index, document pruning {prune}: bytes/doc (terms/doc)",
-                     f"{info['bytes_per_doc']:.0f} ({info['terms_per_doc']:.1f})", "-", "", "-"])
+                     f"{info['bytes_per_doc']:.0f} ({info['terms_per_doc']:.1f})",
+                     f"text only (BM25) {text_only:.0f}",
+                     f"{info['bytes_per_doc'] / text_only:.2f}x", "-"])
     return rows
 
 

@@ -183,7 +183,8 @@ def test_cli_sweep_prints_table_and_writes_runs(cluster_index, cluster_url, beir
     assert summary["systems"]["milco"]["average"] == pytest.approx(api.average)
     bm25 = evaluate(BM25Searcher(engine, index), data.queries, data.qrels, k=20)
     assert read_trec_run(out / "bm25.run") == bm25.run
-    assert (tmp_path / "plots" / "latency_vs_query_terms.png").stat().st_size > 0
+    for plot in ("latency_vs_query_terms.png", "metric_vs_doc_terms.png"):
+        assert (tmp_path / "plots" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cli_builds_lowercased_per_language_indexes_on_the_local_engine(
