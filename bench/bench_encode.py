@@ -52,12 +52,9 @@ def memory_kb() -> dict[str, int]:
 
 def naive_encode(encoder, texts: list[str], batch_size: int, max_length: int):
     """The released code's way: input order, pad to x32, full logits, then pool."""
-    import numpy as np
     import torch
 
-    from milco_os.sparse import SparseVector
-
-    token_ids = encoder._tokenize(texts, max_length)
+    token_ids = encoder.tokenize(texts, max_length)
     vectors = []
     for start in range(0, len(token_ids), batch_size):
         batch = token_ids[start : start + batch_size]
@@ -72,10 +69,8 @@ def naive_encode(encoder, texts: list[str], batch_size: int, max_length: int):
             logits = encoder.model.pivot_head(hidden) * mask.unsqueeze(-1)  # [B, L, V]
             pivot = torch.log1p(torch.relu(logits.max(dim=1).values)).numpy()
             echo = encoder.model.echo_from_states(hidden, mask).numpy()
-        for row, ids in enumerate(batch):
-            vectors.append(SparseVector(
-                encoder._pivot_view(pivot[row], True),
-                encoder._echo_view(np.asarray(ids), echo[row, : len(ids)], True)))
+        vectors.extend(encoder.to_vector(ids, pivot[row], echo[row])
+                       for row, ids in enumerate(batch))
     return vectors
 
 
@@ -91,7 +86,7 @@ def worker(args: argparse.Namespace) -> None:
     encoder = SparseEncoder.from_pretrained(args.model_dir, device="cpu", dtype=dtype)
     texts = load_texts(args.n)
     max_length = min(args.max_length, encoder.max_positions)
-    tokens = sum(map(len, encoder._tokenize(texts, max_length)))
+    tokens = sum(map(len, encoder.tokenize(texts, max_length)))
     # Weights may be memory-mapped: page them all in now, so the peak below is encoding's own.
     with torch.inference_mode():
         touched = sum(float(t.float().sum()) for t in encoder.model.state_dict().values())

@@ -80,8 +80,7 @@ class SparseEncoder:
         en = tokenizer if model.tokenizer_dirs.get("en") == model.tokenizer_dirs.get("m") else (
             _load_tokenizer(model.tokenizer_dirs.get("en"), "English (pivot)"))
         pivot_vocab = Vocabulary.from_tokenizer(en)
-        vocab_size = model.config.vocab_size if not hasattr(model.config, "en_vocab_size") \
-            else model.config.en_vocab_size
+        vocab_size = getattr(model.config, "en_vocab_size", None) or model.config.vocab_size
         if len(pivot_vocab) < vocab_size:
             raise ValueError(f"English tokenizer has {len(pivot_vocab)} pieces but the "
                              f"model's pivot vocabulary has {vocab_size}")
@@ -106,7 +105,7 @@ class SparseEncoder:
             if not isinstance(text, str):
                 raise TypeError(f"texts[{i}] is {type(text).__name__}, expected str")
         length = min(max_length or DEFAULT_MAX_LENGTH[kind], self.max_positions)
-        token_ids = self._tokenize(list(texts), length)
+        token_ids = self.tokenize(list(texts), length)
         results: list[SparseVector | None] = [None] * len(token_ids)
         for batch in self._batches(token_ids, batch_size, progress):
             for index, vector in zip(batch, self._encode_batch([token_ids[i] for i in batch],
@@ -114,7 +113,8 @@ class SparseEncoder:
                 results[index] = vector
         return results  # type: ignore[return-value]
 
-    def _tokenize(self, texts: list[str], max_length: int) -> list[list[int]]:
+    def tokenize(self, texts: list[str], max_length: int) -> list[list[int]]:
+        """Input token ids per text (special tokens included), at most ``max_length``."""
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length)
         try:
@@ -155,14 +155,16 @@ class SparseEncoder:
             echo = self.model.echo_from_states(hidden, mask)
         pivot = torch.log1p(torch.relu(logits.float())).cpu().numpy()
         echo_np = None if echo is None else echo.float().cpu().numpy()
-        return [
-            SparseVector(
-                self._pivot_view(pivot[row], keep_special),
-                SparseView.empty() if echo_np is None
-                else self._echo_view(np.asarray(ids), echo_np[row, : len(ids)], keep_special),
-            )
-            for row, ids in enumerate(batch)
-        ]
+        return [self.to_vector(ids, pivot[row], None if echo_np is None else echo_np[row],
+                               keep_special)
+                for row, ids in enumerate(batch)]
+
+    def to_vector(self, ids: Sequence[int], pivot: np.ndarray, echo: np.ndarray | None,
+                  keep_special: bool = True) -> SparseVector:
+        """The vector of one text from its dense pivot weights and per-position echo weights."""
+        echo_view = SparseView.empty() if echo is None else self._echo_view(
+            np.asarray(ids), echo[: len(ids)], keep_special)
+        return SparseVector(self._pivot_view(pivot, keep_special), echo_view)
 
     def _pivot_view(self, weights: np.ndarray, keep_special: bool) -> SparseView:
         ids = np.flatnonzero(weights > 0)
