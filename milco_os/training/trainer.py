@@ -13,7 +13,8 @@ accumulation boundary instead of wrapping the model in DDP: every stage runs sev
 forwards of the student per step (queries and documents, or two languages), which
 DDP's reducer does not allow before one backward.
 
->>> # python training/sap.py --config training/configs/tiny.yaml max_steps=5
+Run it through the scripts, e.g. ``python training/sap.py --config
+training/configs/tiny.yaml max_steps=5``, or see :class:`Trainer` for the Python API.
 """
 
 from __future__ import annotations
