@@ -143,6 +143,12 @@ def summarise(results: list[dict]) -> dict:
     return summary
 
 
+def logits_mb(variant: str, batch: int, length: int, vocab: int, bytes_per: int = 4) -> float:
+    """Vocabulary logits alive at once in ``variant``'s forward pass, in MB."""
+    positions = {"full-logits": 2 * length, "second-copy": length, "chunked": CHUNK}[variant]
+    return batch * positions * vocab * bytes_per / 2**20
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hidden", type=int, default=256)
@@ -167,6 +173,11 @@ def main() -> None:
                      "model": "random Mistral architecture (fp32)"},
         "baseline": "full-logits: causal LM forward with [B, 2L, V] logits",
         "not_measured": "7B shapes (hidden 4096, 32 layers): needs a GPU, none available",
+        "logits_mb_at_once": {
+            "this_run_fp32": {v: logits_mb(v, args.batch, args.length, args.vocab)
+                              for v in VARIANTS},
+            "mistral_7b_batch32_len256_bf16": {v: logits_mb(v, 32, 256, 32000, 2)
+                                               for v in VARIANTS}},
         "summary": summary,
         "runs": [{k: v for k, v in r.items() if k != "pivot_sums"} for r in results]})
     print(json.dumps(summary, indent=2))
