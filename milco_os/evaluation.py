@@ -322,3 +322,13 @@ def compare(evaluations: Mapping[str, Evaluation], digits: int = 1) -> str:
             [[n, c["latency_p50_ms"], c["latency_p95_ms"], c["qps"],
               c.get("query_terms_mean", "-")] for n, c in costs], digits=1)
     return table
+
+
+def language_table(evaluations: Mapping[str, Evaluation], metric: str, digits: int = 1) -> str:
+    """One ``metric`` (x100) for many systems: a row per system, a column per language,
+    then the average over languages."""
+    langs = sorted({lang for e in evaluations.values() for lang in e.per_language})
+    rows = [[name, *(100 * e.per_language[lang][metric] if lang in e.per_language else "-"
+                     for lang in langs), 100 * e.average[metric]]
+            for name, e in evaluations.items()]
+    return format_table([metric, *langs, "avg"], rows, digits)

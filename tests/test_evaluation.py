@@ -184,7 +184,9 @@ def test_cli_sweep_prints_table_and_writes_runs(cluster_index, cluster_url, beir
     assert lines[0].split()[:3] == ["system", "nDCG@10", "R@100"]
     systems = [line.split("  ")[0].strip() for line in lines[2:7]]
     assert systems == ["milco", "pivot-only", "q=topk:5", "q=topk:5 pivot-only", "bm25"]
-    assert {"de", "en", "avg"} <= {line.split()[0] for line in lines[8:] if line.strip()}
+    per_language = lines[lines.index("", 7) + 1:]  # one table per metric, systems as rows
+    assert per_language[0].split() == ["nDCG@10", "de", "en", "avg"]
+    assert [line.split("  ")[0].strip() for line in per_language[2:7]] == systems
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["systems"]) == set(systems)
     # The CLI's run is the API's run for the same system.
@@ -192,6 +194,9 @@ def test_cli_sweep_prints_table_and_writes_runs(cluster_index, cluster_url, beir
     api = evaluate(Searcher(engine, index, encoder), data.queries, data.qrels)
     assert_same_run(read_trec_run(out / "milco.run"), api.run)
     assert summary["systems"]["milco"]["average"] == pytest.approx(api.average)
+    shown = [100 * api.per_language[lang]["nDCG@10"] for lang in ("de", "en")]
+    assert [float(x) for x in per_language[2].split()[1:]] == pytest.approx(
+        [*shown, sum(shown) / 2], abs=0.051)
     bm25 = evaluate(BM25Searcher(engine, index), data.queries, data.qrels)
     assert_same_run(read_trec_run(out / "bm25.run"), bm25.run)
     for plot in ("latency_vs_query_terms.png", "metric_vs_doc_terms.png"):

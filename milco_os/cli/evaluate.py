@@ -120,7 +120,7 @@ def evaluate(dataset_spec: str, index: str | None, model: str | None, metrics: t
     --query-prune none,topk:50,mass:0.5 --mode default,bm25 --run-out runs/
     """
     from milco_os.datasets import DatasetError, load_dataset
-    from milco_os.evaluation import compare, read_trec_run
+    from milco_os.evaluation import compare, language_table, read_trec_run
     from milco_os.evaluation import evaluate as score
 
     metric_names = _csv(metrics)
@@ -147,10 +147,11 @@ def evaluate(dataset_spec: str, index: str | None, model: str | None, metrics: t
     results = {s.name: runner.run(s) for s in systems}
     evaluations = {name: e for name, (e, _) in results.items()}
     click.echo(_sweep_table(results, metric_names))
-    if len(dataset.languages()) > 1 or len(systems) == 1:
-        click.echo("")
-        click.echo(compare(evaluations) if len(systems) > 1
-                   else next(iter(evaluations.values())).table())
+    if len(systems) == 1:
+        click.echo("\n" + next(iter(evaluations.values())).table())
+    elif len(dataset.languages()) > 1:
+        for metric in metric_names:
+            click.echo("\n" + language_table(evaluations, metric))
     if run_out:
         _write_runs(results, run_out, dataset, dataset_spec)
     if plots:
