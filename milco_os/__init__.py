@@ -1,14 +1,50 @@
 """milco-os: multilingual learned sparse retrieval (MILCO) inside OpenSearch and Elasticsearch.
 
-Text flows one way: text -> tokens -> model -> sparse vectors -> pruning ->
-engine documents and queries. Each arrow is one module:
+Text flows one way, one module per arrow:
 
-- :mod:`milco_os.sparse`: :class:`SparseVector` / :class:`SparseView`, the typed hand-off;
-- :mod:`milco_os.connection`: cluster URL, credentials and TLS;
-- :mod:`milco_os.cluster`: a real local OpenSearch for tests and users.
+    text -> tokens -> model -> sparse vectors -> pruning -> engine documents / queries
+            encoder   modeling  sparse            pruning    documents, terms, query, engines
+
+The main entry points are importable from here (lazily: ``import milco_os``
+does not import torch):
+
+>>> from milco_os import SparseVector, SparseView
+>>> SparseVector(SparseView.from_pairs([(2001, "dog", 1.5)])).to_dict()
+{'pivot': {'dog': 1.5}, 'echo': {}}
 """
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
 
 from milco_os.sparse import SparseVector, SparseView
 
 __version__ = "0.1.0"
-__all__ = ["SparseVector", "SparseView", "__version__"]
+
+_LAZY = {
+    "SparseEncoder": "milco_os.encoder",
+    "Pruning": "milco_os.pruning",
+    "MilcoConfig": "milco_os.modeling",
+    "MilcoModel": "milco_os.modeling",
+    "MilcoOutput": "milco_os.modeling",
+    "SpladeModel": "milco_os.modeling",
+    "load_sparse_model": "milco_os.modeling",
+    "init_model": "milco_os.presets",
+    "open_engine": "milco_os.engines",
+    "Searcher": "milco_os.search",
+    "SearchOptions": "milco_os.search",
+    "SparseQuery": "milco_os.query",
+    "Ingestor": "milco_os.ingest",
+    "IngestSpec": "milco_os.spec",
+    "ConnectionSettings": "milco_os.connection",
+    "LocalCluster": "milco_os.cluster",
+}
+
+__all__ = ["SparseVector", "SparseView", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'milco_os' has no attribute {name!r}")
