@@ -62,11 +62,18 @@ def save_result(name: str, result: dict[str, Any]) -> Path:
     """``bench/results/<name>.json`` with the machine, versions and command around it."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     record = {"benchmark": name, "date": datetime.now(UTC).isoformat(timespec="seconds"),
-              "command": " ".join([Path(sys.executable).name, *sys.argv]),
+              "command": command_line(),
               "machine": machine(), "versions": versions(), **result}
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
+
+
+def command_line() -> str:
+    """How this process was started, with the script named from the repository root."""
+    script = Path(sys.argv[0]).resolve()
+    name = str(script.relative_to(ROOT)) if script.is_relative_to(ROOT) else sys.argv[0]
+    return " ".join(["python", name, *sys.argv[1:]])
 
 
 def latency_stats(ms: list[float]) -> dict[str, float]:

@@ -144,17 +144,22 @@ def query_rows(query: dict) -> list[list[str]]:
     return rows
 
 
-def markdown(rows: list[list[str]], command: str) -> str:
+def markdown(rows: list[list[str]]) -> str:
     header = ["benchmark", "milco-os", "baseline (same run)", "ratio", "goal"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell or "" for cell in row) + " |" for row in rows]
-    machine = next((r["machine"] for r in map(load, ("query", "ingest", "encode_vs_st",
-                                                      "scaling")) if r), None)
-    if machine:
-        lines.append("")
-        lines.append(f"Machine: {machine['cpu']}, {machine['cores']} cores, "
-                     f"{machine['memory_gb']} GB; load average at start "
-                     f"{machine['load_average'][0]} (shared machine). Command: `{command}`.")
+    results = {name: r for name in ("encode_vs_st", "encode_vs_naive", "ingest", "query",
+                                    "scaling") if (r := load(name))}
+    if results:
+        machine = next(iter(results.values()))["machine"]
+        lines += ["", f"Machine: {machine['cpu']}, {machine['cores']} cores, "
+                      f"{machine['memory_gb']} GB, shared with other work (load average "
+                      f"{machine['load_average'][0]} at the start). Commands:"]
+        commands: dict[str, list[str]] = {}
+        for name, result in results.items():
+            command = result.get("command", "?").replace(f"{ROOT}/", "")
+            commands.setdefault(command, []).append(name)
+        lines += [f"- {', '.join(names)}: `{command}`" for command, names in commands.items()]
     return "\n".join(lines)
 
 
@@ -176,11 +181,15 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(BENCHMARKS),
                         help=f"comma-separated subset of {', '.join(BENCHMARKS)}")
     parser.add_argument("--quick", action="store_true", help="small sizes (~10 minutes)")
+    parser.add_argument("--table-only", action="store_true",
+                        help="only refresh the README table from bench/results/*.json")
     args = parser.parse_args()
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = sorted(set(chosen) - set(BENCHMARKS))
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; expected some of {BENCHMARKS}")
+    if args.table_only:
+        chosen = []
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     needs_cluster = set(chosen) & {"ingest", "query", "scaling"}
     with cluster_url() if needs_cluster else contextlib.nullcontext() as url:
@@ -191,8 +200,7 @@ def main() -> None:
             print(f"== {name}", flush=True)
             RUNNERS[name](args.quick)
             print(f"== {name}: {time.perf_counter() - tick:.0f}s", flush=True)
-    command = " ".join(["python", "bench/run.py", *sys.argv[1:]])
-    path = write_table(markdown(table_rows(), command))
+    path = write_table(markdown(table_rows()))
     print(f"results in {RESULTS}; table in {path}")
 
 
