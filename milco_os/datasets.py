@@ -33,6 +33,7 @@ when an index is built from the collection.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -306,10 +307,18 @@ def _hub_rows(hub_id: str, config: str, split: str, streaming: bool = False):
 
 
 def _hub_corpus(hub_id: str, lang: str) -> CorpusReader:
+    """The ``{lang}-corpus`` config, or the one shared ``corpus`` config of a cross-lingual
+    collection (queries in many languages, one corpus)."""
+
     def read() -> Iterator[Record]:
-        rows = _hub_rows(hub_id, f"{lang}-corpus", "corpus", streaming=True)
-        fields = replace(CORPUS_FIELDS, default_lang=lang)
-        for position, row in enumerate(rows):
-            yield to_document(row, position, fields, f"{hub_id}:{lang}-corpus")
+        import datasets
+
+        config = f"{lang}-corpus"
+        with contextlib.suppress(Exception):  # offline: _hub_rows reports the failure
+            if config not in datasets.get_dataset_config_names(hub_id):
+                config = "corpus"
+        fields = replace(CORPUS_FIELDS, default_lang=None if config == "corpus" else lang)
+        for position, row in enumerate(_hub_rows(hub_id, config, "corpus", streaming=True)):
+            yield to_document(row, position, fields, f"{hub_id}:{config}")
 
     return read

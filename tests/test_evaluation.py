@@ -277,3 +277,15 @@ def test_cli_build_splits_passages_and_scores_documents_by_their_best_passage(
         assert sorted(run[query.id].values()) == pytest.approx(sorted(best.values())[-5:])
         assert [run[query.id][d] for d in run[query.id]] == pytest.approx(
             [best[d] for d in run[query.id]])
+
+
+def test_hub_datasets_fail_with_a_clear_error_when_the_hub_is_unreachable(monkeypatch):
+    import datasets
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("Couldn't reach the Hub (offline)")
+
+    monkeypatch.setattr(datasets, "get_dataset_split_names", unreachable)
+    with pytest.raises(DatasetError, match=r"mteb/MIRACLRetrievalHardNegatives.*'sw-queries'"
+                                           r".*hub must be reachable.*BEIR folder"):
+        load_dataset("miracl", langs=["sw"])
