@@ -17,7 +17,7 @@ then the local cluster started by ``milco-os cluster up``:
 Secrets are read from the environment or from files only, and never appear in
 ``repr`` or logs.
 
->>> s = ConnectionSettings(url="http://127.0.0.1:9200", password="hunter2")
+>>> s = ConnectionSettings(url="http://127.0.0.1:9200", user="u", password="hunter2")
 >>> "hunter2" in repr(s)
 False
 """

@@ -8,12 +8,17 @@ documents the engine refuses are collected with their reason. Engine ids are
 deterministic (``<doc_id>#<passage>``), so a re-run overwrites instead of
 duplicating and ``resume=True`` skips what is already indexed.
 
->>> from milco_os.engines import open_engine                     # doctest: +SKIP
->>> from milco_os.encoder import SparseEncoder                    # doctest: +SKIP
->>> spec = IngestSpec.find("sample-multilingual")                 # doctest: +SKIP
->>> encoder = SparseEncoder.from_pretrained(spec.model)           # doctest: +SKIP
->>> ingestor = Ingestor(open_engine(None, "local"), spec, encoder)  # doctest: +SKIP
->>> ingestor.run(read_source(spec)).indexed                       # doctest: +SKIP
+With a model, pass ``SparseEncoder.from_pretrained(spec.model)`` as the
+encoder; records that carry pre-encoded vectors need none:
+
+>>> import tempfile
+>>> from milco_os.corpus import to_document, FieldMap
+>>> from milco_os.engines import open_engine
+>>> engine = open_engine(None, "local", local_path=tempfile.mkdtemp())
+>>> records = [to_document({"id": "d1", "text": "dogs", "pivot": {"dog": 1.2}}, 0, FieldMap())]
+>>> report = Ingestor(engine, IngestSpec(index="demo"), progress=False).run(records)
+>>> report.read, report.indexed, report.failed
+(1, 1, 0)
 """
 
 from __future__ import annotations
