@@ -132,12 +132,16 @@ def _vector_problem(terms: Any) -> str | None:
 
 
 def _rows_jsonl(path: Path) -> Iterator[Mapping[str, Any] | RecordError]:
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
+    # Lines are decoded one by one, so invalid UTF-8 costs that line, not the file.
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, 1):
+            if not raw.strip():
                 continue
             try:
-                yield json.loads(line)
+                yield json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                yield RecordError(0, None, "<utf-8>", f"line {number}: invalid UTF-8 at byte "
+                                  f"{exc.start}", str(path))
             except json.JSONDecodeError as exc:
                 yield RecordError(0, None, "<json>", f"line {number}: {exc.msg}", str(path))
 
@@ -145,7 +149,12 @@ def _rows_jsonl(path: Path) -> Iterator[Mapping[str, Any] | RecordError]:
 def _rows_csv(path: Path) -> Iterator[Mapping[str, Any]]:
     delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
     with path.open(encoding="utf-8", newline="") as handle:
-        yield from csv.DictReader(handle, delimiter=delimiter)
+        rows = csv.DictReader(handle, delimiter=delimiter)
+        try:
+            yield from rows
+        except UnicodeDecodeError as exc:  # csv cannot resynchronise: stop with the place
+            raise ValueError(f"{path}: invalid UTF-8 after line {rows.line_num} (byte "
+                             f"{exc.start} of the chunk); fix or convert the file") from None
 
 
 def _rows_parquet(path: Path, batch_size: int = 1024) -> Iterator[Mapping[str, Any]]:

@@ -219,13 +219,18 @@ class Ingestor:
     def _batches(self, records: Iterable[Record], report: IngestReport, sink: TextIO | None
                  ) -> Iterator[list[_Passage]]:
         batch: list[_Passage] = []
+        in_batch: dict[str, int] = {}  # id -> position, to catch ids repeated in one batch
         size = self.spec.batch.encode
         for record in records:
             report.read += 1
+            if isinstance(record, Document) and record.id in in_batch:
+                record = RecordError(record.position, record.id, "id", "duplicate id: also "
+                                     f"record {in_batch[record.id]}, which is kept")
             if isinstance(record, RecordError):
                 report.invalid += 1
                 report.record_error(str(record), sink)
                 continue
+            in_batch[record.id] = record.position
             texts = self.splitter(record.text) if self.splitter and not record.vectors \
                 else [record.text]
             for number, text in enumerate(texts):
@@ -233,7 +238,7 @@ class Ingestor:
             report.passages += len(texts)
             if len(batch) >= size:
                 yield from self._unseen(batch, report)
-                batch = []
+                batch, in_batch = [], {}
         if batch:
             yield from self._unseen(batch, report)
 

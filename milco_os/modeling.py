@@ -279,6 +279,10 @@ class MilcoModel(nn.Module):
                 f"{' ...' if len(missing) > 20 else ''}; unexpected keys {unexpected[:20]}"
                 f"{' ...' if len(unexpected) > 20 else ''}"
             )
+        corrupt = [key for key, value in state.items()
+                   if value.is_floating_point() and not torch.isfinite(value).all()]
+        if corrupt:  # NaN/inf weights would turn every vector into NaN (or silently empty)
+            raise CheckpointError(f"checkpoint has NaN or infinite values in {corrupt[:20]}")
         try:
             self.load_state_dict(state, strict=True, assign=True)
         except RuntimeError as exc:  # shape mismatches

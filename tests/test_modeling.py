@@ -134,6 +134,16 @@ def test_wrong_shape_fails_clearly(tiny, tmp_path):
         MilcoModel.from_pretrained(folder)
 
 
+def test_nan_weights_fail_naming_the_tensor(tiny, tmp_path):
+    def poison(state):
+        state["echo.weight"] = state["echo.weight"].clone()
+        state["echo.weight"][0, 0] = float("nan")
+
+    folder = _rewrite(tiny, tmp_path / "nan", poison)
+    with pytest.raises(CheckpointError, match=r"NaN.*echo\.weight"):
+        MilcoModel.from_pretrained(folder)
+
+
 def test_teacher_keys_of_alignment_checkpoints_are_ignored(tiny, tmp_path):
     folder = _rewrite(tiny, tmp_path / "teacher", lambda s: s.update({
         "en_lsr.bert.embeddings.word_embeddings.weight": torch.zeros(4, 2),

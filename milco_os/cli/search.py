@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -42,14 +43,32 @@ def _texts(texts: tuple[str, ...]) -> list[str]:
     return found
 
 
-def _model_of(engine: Any, index: str, model: str | None) -> str:
-    """``model``, else the model recorded in the index's ``_meta``."""
+def _model_of(engine: Any, index: str, model: str | None, force: bool = False) -> str:
+    """``model``, else the model recorded in the index's ``_meta``.
+
+    Queries encoded by another model than the documents score meaninglessly, so a
+    mismatch is refused (or only warned about with ``force``).
+    """
+    recorded = engine.meta(index).get("model")
+    if model and recorded and not _same_model(model, recorded):
+        message = (f"index {index!r} was built with model {recorded!r}, not {model!r}: "
+                   "scores between two models' vectors are meaningless")
+        if not force:
+            raise click.UsageError(message + " (pass --force to search anyway)")
+        click.echo(f"warning: {message}", err=True)
     if model:
         return model
-    recorded = engine.meta(index).get("model")
     if not recorded:
         raise click.UsageError(f"index {index!r} records no model in its _meta: pass --model")
     return recorded
+
+
+def _same_model(a: str, b: str) -> bool:
+    """Whether two model references (hub ids or folders) name the same model."""
+    def key(ref: str) -> str:
+        path = Path(ref).expanduser()
+        return str(path.resolve()) if path.exists() else ref
+    return key(a) == key(b)
 
 
 _query_options = [
@@ -86,11 +105,13 @@ def query_options(func: Any) -> Any:
 @click.option("--json", "as_json", is_flag=True,
               help='One JSON line per query: {"query", "hits": [{"id", "score", "title"}]}.')
 @click.option("--explain", is_flag=True, help="Show the shared terms behind each hit's score.")
+@click.option("--force", is_flag=True,
+              help="Search even if --model differs from the model the index was built with.")
 @engine_options
 def search(texts: tuple[str, ...], index_name: str, model: str | None, k: int,
            alpha: float | None, mode: str, query_prune: str | None, collapse: bool,
            bm25_fields: tuple[str, ...], device: str | None, as_json: bool, explain: bool,
-           engine: Any) -> None:
+           force: bool, engine: Any) -> None:
     """Search an index with TEXT (or one query per line of standard input).
 
     Hit ids are the corpus's own document ids.
@@ -100,7 +121,7 @@ def search(texts: tuple[str, ...], index_name: str, model: str | None, k: int,
 
     queries = _texts(texts)
     try:
-        encoder = load_encoder(_model_of(engine, index_name, model), device)
+        encoder = load_encoder(_model_of(engine, index_name, model, force), device)
         searcher = Searcher(engine, index_name, encoder,
                             _options(alpha, mode, collapse, query_prune, bm25_fields))
         vectors = searcher.encode(queries)
