@@ -49,6 +49,8 @@ class FeatureValueError(ValueError):
 
 def encode_term(term: str) -> str:
     """The engine-safe feature name of ``term`` (no dots, reversible)."""
+    if "." not in term and "%" not in term:  # most terms: no work (this runs per feature)
+        return term
     return _ENCODE_RE.sub(lambda m: _ESCAPES[m.group()], term)
 
 
@@ -85,8 +87,9 @@ def convert_view(view: SparseView, *, record: str = "<vector>") -> EngineFeature
                 f"{record}: term {decode_term(name)!r} sums to {weight}, beyond float32"
             )
         merged[name] = max(float(weight), FLOAT_MIN_NORMAL)
-    ordered = dict(sorted(merged.items(), key=lambda kv: -kv[1]))
-    return EngineFeatures(ordered, dropped)
+    if len(merged) < len(view) - dropped:  # terms were merged: restore weight order
+        merged = dict(sorted(merged.items(), key=lambda kv: -kv[1]))
+    return EngineFeatures(merged, dropped)
 
 
 def engine_features(view: SparseView, *, record: str = "<vector>") -> dict[str, float]:
