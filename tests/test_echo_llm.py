@@ -445,3 +445,19 @@ def test_echo_llm_vectors_index_and_search_in_opensearch(tiny, cluster_url):
             assert searcher.explain(hit, query).agrees()
     finally:
         engine.delete_index(index)
+
+
+def test_the_sct_entry_point_selects_the_echo_llm_stage(tmp_path) -> None:
+    import yaml as _yaml
+
+    from milco_os.training.config import TrainConfig
+    from milco_os.training.echo_llm import EchoLlmContrastiveStage
+    from milco_os.training.stages import build_stage, build_student
+
+    repo = Path(__file__).resolve().parents[1]
+    data = _yaml.safe_load((repo / "training/configs/echo-mistral-tiny.yaml").read_text())
+    data.update(output_dir=str(tmp_path), max_steps=1)
+    data["data"]["distillation"] = str(repo / data["data"]["distillation"])
+    assert isinstance(build_stage(TrainConfig.from_dict(data)), EchoLlmContrastiveStage)
+    with pytest.raises(ConfigError, match="echo-llm"):  # never silently a MILCO instead
+        build_student(TrainConfig.from_dict({**data, "stage": "sap"}))

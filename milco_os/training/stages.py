@@ -67,6 +67,9 @@ def build_student(cfg: TrainConfig) -> SparseModel:
     """The student of ``cfg.model``, first match of ``path`` (a MILCO or SPLADE folder, e.g.
     a stage-1 checkpoint), ``encoder`` + ``head`` (backbone folders), ``preset`` (random)."""
     spec = {k: os.path.expanduser(v) if isinstance(v, str) else v for k, v in cfg.model.items()}
+    if spec.get("kind", "milco") != "milco":
+        raise ConfigError(f"model.kind {spec['kind']!r}: this stage trains MILCO students "
+                          "(echo-llm students train with stage sct)")
     if spec.get("path"):
         return load_sparse_model(spec["path"])
     if spec.get("encoder") and spec.get("head"):
@@ -269,4 +272,8 @@ def iter_rows(dataset: Sequence[Any]):
 def build_stage(cfg: TrainConfig) -> AlignmentStage | ContrastiveStage:
     """The stage ``cfg.stage`` names, with its model, data and loss."""
     torch.manual_seed(cfg.seed)  # fresh parts (connector, echo head) start the same every run
+    if cfg.stage == "sct" and cfg.model.get("kind") == "echo-llm":
+        from milco_os.training.echo_llm import EchoLlmContrastiveStage
+
+        return EchoLlmContrastiveStage(cfg)
     return AlignmentStage(cfg) if cfg.stage == "sap" else ContrastiveStage(cfg)
