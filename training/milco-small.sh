@@ -15,7 +15,7 @@ if [ ! -f "$e5/config.json" ]; then
 fi
 nice -n 10 $py training/sap.py --config training/configs/milco-small.yaml \
     "max_steps=${STEPS:-700}" "max_minutes=${MINUTES:-60}"
-checkpoint=$(ls -d runs/milco-small-sap/checkpoint-* | sort -t- -k3 -n | tail -n1)
+checkpoint=$(ls -d runs/milco-small-sap/checkpoint-* | sort -V | tail -n1)
 export MILCO_OS_URL=$(.venv/bin/milco-os cluster up --name xling)
 $py training/eval_xling.py --export runs/xling
 $py bench/bm25_xling.py runs/xling
