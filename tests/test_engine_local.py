@@ -137,3 +137,28 @@ def test_two_writers_share_one_index(engine: LocalEngine, tmp_path: Path) -> Non
     for reader in (engine, other, LocalEngine(tmp_path)):
         hits = reader.search("idx", SparseQuery(vec({"x": 1.0})))
         assert [(h.id, h.score) for h in hits] == [("b#0", 3.0), ("a#0", 1.0)]
+
+
+@pytest.mark.parametrize("crash_in", ["segment", "manifest"])
+def test_a_crash_mid_write_never_leaves_a_half_index(tmp_path, monkeypatch, crash_in) -> None:
+    import milco_os.engines.local as local_module
+
+    engine = LocalEngine(tmp_path)
+    engine.create_index("crash", meta={"model": "m", "views": ["pivot"], "pruning": "none"})
+    first = [("a#0", {"doc_id": "a", "passage": 0, "pivot": {"x": 1.0}})]
+    assert engine.bulk_index("crash", first) == []
+
+    def crash(*args, **kwargs):
+        raise OSError("simulated crash")
+
+    target = (local_module.np, "savez") if crash_in == "segment" else (local_module.os, "replace")
+    monkeypatch.setattr(*target, crash)
+    with pytest.raises(OSError, match="simulated crash"):
+        engine.bulk_index("crash", [("b#0", {"doc_id": "b", "passage": 0, "pivot": {"x": 2.0}})])
+    monkeypatch.undo()
+    reopened = LocalEngine(tmp_path)  # a fresh process's view of the files
+    assert reopened.count("crash") == 1
+    assert reopened.existing_ids("crash", ["a#0", "b#0"]) == {"a#0"}
+    assert reopened.bulk_index("crash", [("c#0", {"doc_id": "c", "passage": 0,
+                                                  "pivot": {"x": 3.0}})]) == []
+    assert reopened.count("crash") == 2

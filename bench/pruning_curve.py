@@ -1,0 +1,118 @@
+"""Effectiveness vs document pruning on real data, and latency vs query pruning.
+
+1. nDCG@10 (ir-measures) of X->English retrieval on the NTREX-128 lines held out
+   of milco-small's training (training/eval_xling.py's protocol, exact dot
+   products) at several document pruning levels, against terms per document:
+   ``bench/results/pruning_curve.json`` and ``pruning_curve.png``.
+2. Query latency p50 and recall@10 vs query terms, read from
+   ``bench/results/query.json`` (``bench/run.py``): ``latency_vs_pruning.png``.
+
+    python bench/pruning_curve.py --model runs/milco-small-sap/checkpoint-525
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "training"))
+sys.path.insert(0, str(REPO))
+
+import eval_xling  # noqa: E402
+
+from milco_os.encoder import SparseEncoder  # noqa: E402
+from milco_os.pruning import Pruning  # noqa: E402
+
+LEVELS = ["none", "mass:0.3", "mass:0.5", "mass:0.7", "mass:0.85", "mass:0.95",
+          "topk:128", "topk:64", "topk:32", "topk:16"]
+LANGS = ["zh", "ar", "hi", "ru", "th", "de", "es"]
+RESULTS = REPO / "bench" / "results"
+
+
+def effectiveness(model: str, holdout: int) -> dict[str, dict[str, float]]:
+    encoder = SparseEncoder.from_pretrained(model, device="cpu")
+    queries, english = {}, None
+    for lang in LANGS:
+        queries[lang], english = eval_xling.held_out(eval_xling.DEFAULT_NTREX, lang, holdout)
+    docs = encoder.encode(english, kind="document")
+    encoded_queries = {lang: encoder.encode(q, kind="query") for lang, q in queries.items()}
+    table = {}
+    for level in LEVELS:
+        pruned = [Pruning.parse(level).apply(v) for v in docs]
+        scores = []
+        for lang in LANGS:
+            matrix = eval_xling.exact_scores(encoded_queries[lang], pruned)
+            qids = eval_xling.query_ids(lang, len(english), holdout)
+            run = eval_xling.run_from_scores(matrix, qids)
+            scores.append(eval_xling.ndcg10(eval_xling.qrels_for(lang, len(english), holdout), run))
+        terms = np.mean([len(v.pivot) + len(v.echo) for v in pruned])
+        table[level] = {"ndcg@10": float(np.mean(scores)), "terms_per_doc": float(terms),
+                        **{f"ndcg@10_{lang}": float(s) for lang, s in zip(LANGS, scores,
+                                                                            strict=True)}}
+        print(f"{level:10s} terms/doc {terms:7.1f}  mean nDCG@10 {np.mean(scores):.3f}")
+    return table
+
+
+def plot_effectiveness(table: dict[str, dict[str, float]], out: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for family, marker in (("mass", "o"), ("topk", "s")):
+        points = sorted((v["terms_per_doc"], v["ndcg@10"], k) for k, v in table.items()
+                        if k.startswith(family) or k == "none")
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, label=family)
+        for x, y, label in points:
+            ax.annotate(label, (x, y), fontsize=7, textcoords="offset points", xytext=(3, 3))
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("terms per document (pivot + echo)")
+    ax.set_ylabel("mean nDCG@10, X->English (NTREX-128 held out)")
+    ax.set_title("milco-small: effectiveness vs document pruning")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+
+
+def plot_latency(query: dict, out: Path) -> None:
+    rows = query["opensearch"]["queries"]  # "doc=<level> q=<level>" -> figures
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter([r["query_terms_mean"] for r in rows.values()],
+               [r["p50_ms"] for r in rows.values()])
+    for label, r in rows.items():
+        ax.annotate(f"{label}\nR@10={r['recall_at_10']:.2f}", (r["query_terms_mean"], r["p50_ms"]),
+                    fontsize=6, textcoords="offset points", xytext=(3, 3))
+    bm25 = query["figures"]["bm25_p50_ms"]
+    ax.axhline(bm25, linestyle="--", color="grey", label=f"BM25 match p50 {bm25:.1f} ms")
+    ax.set_xlabel("query terms sent")
+    ax.set_ylabel("p50 latency (ms), OpenSearch, one client")
+    ax.set_title("latency vs pruning (5,000 documents)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--holdout", type=int, default=200)
+    args = parser.parse_args()
+    table = effectiveness(args.model, args.holdout)
+    record = {"benchmark": "pruning_curve", "model": args.model,
+              "command": f"python bench/pruning_curve.py --model {args.model}", "levels": table}
+    (RESULTS / "pruning_curve.json").write_text(json.dumps(record, indent=1))
+    plot_effectiveness(table, RESULTS / "pruning_curve.png")
+    plot_latency(json.loads((RESULTS / "query.json").read_text()),
+                 RESULTS / "latency_vs_pruning.png")
+
+
+if __name__ == "__main__":
+    main()
