@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
+from milco_os.connection import ConnectionSettings
 from milco_os.engines.base import (
     BulkFailure,
     Engine,
@@ -60,6 +61,17 @@ class ClusterEngine(Engine):
     """An :class:`Engine` over a cluster's REST API."""
 
     flavour: str  # the mapping and query dialect: "opensearch" | "elasticsearch"
+
+    def __init__(self, settings: ConnectionSettings, client: Any | None = None) -> None:
+        self.settings = settings
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        """The engine's own client, opened on first use (``settings.client()``)."""
+        if self._client is None:
+            self._client = self.settings.client()
+        return self._client
 
     @abstractmethod
     def request(

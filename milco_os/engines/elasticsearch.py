@@ -18,9 +18,8 @@ from typing import Any
 
 from elastic_transport import ConnectionError as ESConnectionError
 from elastic_transport import ConnectionTimeout
-from elasticsearch import ApiError, Elasticsearch
+from elasticsearch import ApiError
 
-from milco_os.connection import ConnectionSettings
 from milco_os.engines.base import TransientEngineError
 from milco_os.engines.cluster import ClusterEngine, classify_error
 
@@ -30,16 +29,6 @@ class ElasticsearchEngine(ClusterEngine):
 
     name = "elasticsearch"
     flavour = "elasticsearch"
-
-    def __init__(self, settings: ConnectionSettings, client: Elasticsearch | None = None) -> None:
-        self.settings = settings
-        self._client = client
-
-    @property
-    def client(self) -> Elasticsearch:
-        if self._client is None:
-            self._client = self.settings.client()
-        return self._client
 
     def request(
         self,

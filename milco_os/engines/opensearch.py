@@ -12,11 +12,9 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any
 
-from opensearchpy import OpenSearch
 from opensearchpy.exceptions import ConnectionError as OSConnectionError
 from opensearchpy.exceptions import TransportError
 
-from milco_os.connection import ConnectionSettings
 from milco_os.engines.base import EngineError, TransientEngineError
 from milco_os.engines.cluster import ClusterEngine, classify_error
 from milco_os.query import CLAUSE_SETTING, DEFAULT_MAX_CLAUSE_COUNT
@@ -29,16 +27,6 @@ class OpenSearchEngine(ClusterEngine):
 
     name = "opensearch"
     flavour = "opensearch"
-
-    def __init__(self, settings: ConnectionSettings, client: OpenSearch | None = None) -> None:
-        self.settings = settings
-        self._client = client
-
-    @property
-    def client(self) -> OpenSearch:
-        if self._client is None:
-            self._client = self.settings.client()
-        return self._client
 
     def request(
         self,
