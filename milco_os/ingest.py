@@ -202,6 +202,10 @@ class Ingestor:
 
     def _ensure_index(self) -> None:
         index, spec = self.spec.index, self.spec
+        if self.engine.health() == "red":  # writes would hang, then fail shard by shard
+            raise IngestError("cluster health is red: some primary shards are unassigned; "
+                              "fix the cluster (GET _cluster/allocation/explain) and re-run",
+                              IngestReport(index))
         if not self.engine.index_exists(index):
             meta = spec.describe()
             self.engine.create_index(index, meta=meta, shards=spec.engine.shards,

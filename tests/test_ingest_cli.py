@@ -93,3 +93,20 @@ def test_killed_ingest_resumes_without_loss_or_duplicates(cluster_url, index_nam
     assert report["skipped"] + report["indexed"] == total
     engine.refresh(index_name)
     assert engine.count(index_name) == total
+
+
+def test_a_red_cluster_is_refused_at_start(cluster_url, os_client, index_name, tmp_path) -> None:
+    red = f"{index_name}-red"  # a primary that can never be assigned turns the cluster red
+    os_client.indices.create(index=red, params={"wait_for_active_shards": "0"}, body={
+        "settings": {"number_of_replicas": 0,
+                     "index.routing.allocation.require._name": "no-such-node"}})
+    try:
+        write_corpus(tmp_path / "c.jsonl", 3)
+        result = CliRunner().invoke(main, ["ingest", "--index", index_name, "--input",
+                                           str(tmp_path / "c.jsonl"), "--url", cluster_url,
+                                           "--quiet"])
+        assert result.exit_code == 2
+        assert "cluster health is red" in result.output
+        assert not os_client.indices.exists(index=index_name)  # nothing half-built
+    finally:
+        os_client.indices.delete(index=red)

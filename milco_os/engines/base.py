@@ -144,6 +144,10 @@ class Engine(ABC):
     def get_sources(self, index: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The full ``_source`` (vectors included) of each id that exists."""
 
+    def health(self) -> str:
+        """``green``, ``yellow`` or ``red`` (an embedded engine is always green)."""
+        return "green"
+
     def meta(self, index: str) -> dict[str, Any]:
         """The index ``_meta``: model, views, pruning, milco-os version."""
         return self.index_info(index)["meta"]

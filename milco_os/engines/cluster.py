@@ -181,6 +181,9 @@ class ClusterEngine(Engine):
     def count(self, index: str) -> int:
         return int(self.request("GET", _path(index, "_count"))["count"])
 
+    def health(self) -> str:
+        return str(self.request("GET", "/_cluster/health")["status"])
+
     def search_body(self, query: SparseQuery, k: int = 10) -> dict[str, Any]:
         """The request body :meth:`search` sends (clause limit read from the cluster)."""
         if query.mode == "neural-sparse" and not self.supports_neural_sparse:
