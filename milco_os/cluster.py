@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import logging
 import os
 import pwd
 import re
@@ -40,8 +39,6 @@ from pathlib import Path
 from typing import Any
 
 from milco_os import cluster_security as security
-
-log = logging.getLogger(__name__)
 
 OPENSEARCH_VERSION = "2.19.6"
 MAVEN_URL = "https://repo1.maven.org/maven2"

@@ -51,7 +51,6 @@ from transformers import (
 from transformers.models.bert.modeling_bert import BertForMaskedLM, BertOnlyMLMHead
 
 from milco_os.modeling import (
-    CONFIG_NAME,
     EN_TOKENIZER_DIR,
     CheckpointError,
     MilcoOutput,
@@ -478,7 +477,3 @@ def ensure_padding_token(folder: Path) -> None:
         settings["pad_token"] = pad
     path.write_text(json.dumps(settings, indent=2, ensure_ascii=False), encoding="utf-8")
 
-
-def is_echo_llm_folder(folder: Path) -> bool:
-    config = folder / CONFIG_NAME
-    return config.is_file() and json.loads(config.read_text()).get("model_type") == ECHO_LLM_TYPE

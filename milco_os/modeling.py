@@ -52,8 +52,6 @@ TOKENIZER_FILES = (
 TEACHER_PREFIX = "en_lsr."
 DECODER_BIAS = "mlm_head.predictions.decoder.bias"
 HEAD_BIAS = "mlm_head.predictions.bias"
-# Positions per chunk when max-pooling vocabulary logits (bounds B x chunk x V memory).
-DEFAULT_CHUNK_SIZE = 16
 
 # The paper's shapes (XLM-R-large / BGE-M3 encoder, BERT-base SPLADE head), used when
 # a config.json carries no nested backbone configs (as the released one does not).

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -247,11 +247,6 @@ class LengthGroupedBatches:
             batches += [mega[b:b + self.batch_size] for b in range(0, len(mega), self.batch_size)]
         rng.shuffle(batches)
         return batches
-
-
-def text_lengths(rows: Sequence[Row], key: Callable[[Row], str]) -> list[int]:
-    """Character lengths, a cheap stand-in for token lengths when grouping batches."""
-    return [len(key(rows[i])) for i in range(len(rows))]
 
 
 # ---------------------------------------------------------------- collators
