@@ -56,6 +56,7 @@ from milco_os.modeling import (
     MilcoOutput,
     copy_tokenizers,
     masked_max_logits,
+    model_output,
     resolve_model_dir,
 )
 
@@ -274,7 +275,7 @@ class EchoLlmModel(nn.Module):
                 chunk_size: int | None = None) -> MilcoOutput:
         hidden = self.encode_states(input_ids, attention_mask)
         logits = self.pivot_from_states(hidden, attention_mask, chunk_size)
-        return MilcoOutput(hidden, logits, torch.log1p(torch.relu(logits)), None)
+        return model_output(hidden, logits, None)
 
     # ----- building -----
     @classmethod

@@ -32,7 +32,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import BertConfig, PretrainedConfig, XLMRobertaConfig, XLMRobertaModel
+from transformers import (
+    AutoConfig,
+    BertConfig,
+    PretrainedConfig,
+    XLMRobertaConfig,
+    XLMRobertaModel,
+)
 from transformers.models.bert.modeling_bert import BertForMaskedLM, BertOnlyMLMHead
 
 logger = logging.getLogger(__name__)
@@ -115,6 +121,12 @@ class MilcoConfig(PretrainedConfig):
         return BertConfig(**_config_fields(fields))
 
 
+
+# Registered so transformers' Auto* loaders (AutoTokenizer in the training collators) read
+# a MILCO folder's config.json as what it is.
+AutoConfig.register(MilcoConfig.model_type, MilcoConfig, exist_ok=True)
+
+
 def _config_fields(fields: Mapping) -> dict:
     """Drop bookkeeping entries of a saved config dict that are not constructor fields."""
     skip = {"architectures", "model_type", "transformers_version", "_name_or_path", "dtype",
@@ -164,8 +176,9 @@ def masked_max_logits(
     return pooled
 
 
-def _output(hidden: torch.Tensor, pivot_logits: torch.Tensor,
-            echo: torch.Tensor | None) -> MilcoOutput:
+def model_output(hidden: torch.Tensor, pivot_logits: torch.Tensor,
+                 echo: torch.Tensor | None) -> MilcoOutput:
+    """A :class:`MilcoOutput` from encoder states, raw pivot logits and echo weights."""
     return MilcoOutput(hidden, pivot_logits, torch.log1p(torch.relu(pivot_logits)), echo)
 
 
@@ -216,7 +229,7 @@ class MilcoModel(nn.Module):
                 chunk_size: int | None = None) -> MilcoOutput:
         hidden = self.encode_states(input_ids, attention_mask)
         pivot_logits = self.pivot_from_states(hidden, attention_mask, chunk_size)
-        return _output(hidden, pivot_logits, self.echo_from_states(hidden, attention_mask))
+        return model_output(hidden, pivot_logits, self.echo_from_states(hidden, attention_mask))
 
     # ----- building -----
     @classmethod
@@ -368,7 +381,8 @@ class SpladeModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 chunk_size: int | None = None) -> MilcoOutput:
         hidden = self.encode_states(input_ids, attention_mask)
-        return _output(hidden, self.pivot_from_states(hidden, attention_mask, chunk_size), None)
+        logits = self.pivot_from_states(hidden, attention_mask, chunk_size)
+        return model_output(hidden, logits, None)
 
     def save_pretrained(self, out_dir: str | Path, safe_serialization: bool = True) -> Path:
         out = Path(out_dir)

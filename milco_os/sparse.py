@@ -16,10 +16,11 @@ and strictly positive weights, ordered by weight (highest first).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.sparse as sp
 
 VIEWS = ("pivot", "echo")
 
@@ -107,3 +108,25 @@ class SparseVector:
             )
 
         return cls(view(data.get("pivot")), view(data.get("echo")))
+
+
+def to_csr(vectors: Sequence[SparseVector], view: str, width: int | None = None,
+           dtype: type = np.float32) -> sp.csr_matrix:
+    """One view of ``vectors`` as a [len(vectors), width] CSR matrix of term weights.
+
+    ``width`` defaults to one past the highest term id present, so two matrices meant
+    to be multiplied should be built with the same ``width``.
+
+    >>> v = SparseVector(SparseView.from_pairs([(2, "cat", 1.5)]))
+    >>> to_csr([v, v], "pivot").toarray().tolist()
+    [[0.0, 0.0, 1.5], [0.0, 0.0, 1.5]]
+    """
+    views = [v.view(view) for v in vectors]
+    ids = np.concatenate([v.ids for v in views] + [np.zeros(0, np.int64)])
+    weights = np.concatenate([v.weights for v in views] + [np.zeros(0, np.float32)])
+    if (ids < 0).any():
+        raise ValueError("to_csr needs term ids; these vectors have none (built from dicts?)")
+    if width is None:
+        width = int(ids.max()) + 1 if len(ids) else 0
+    indptr = np.cumsum([0] + [len(v) for v in views])
+    return sp.csr_matrix((weights.astype(dtype), ids, indptr), shape=(len(views), width))

@@ -83,8 +83,9 @@ def make_config(assets: dict[str, Path], out: Path, **values) -> TrainConfig:
 
 
 def mean_loss(stage, key: str, n_batches: int = 4) -> float:
-    """The stage's ``key`` metric over fixed batches, in eval mode (no dropout)."""
+    """The stage's ``key`` metric over fixed batches (epoch 0's groups), in eval mode."""
     stage.model.eval()
+    stage.set_epoch(0)
     rows = [stage.dataset[i] for i in range(n_batches * 4)]
     values = []
     with torch.no_grad():
@@ -127,7 +128,7 @@ def test_frozen_encoder_with_cache_trains_connector_and_head_only(assets, tmp_pa
     batch = stage.collate([stage.dataset[i] for i in range(4)])["english"]
     stage.model.eval()
     with torch.no_grad():
-        cached = stage.student_logits(stage.model, batch)
+        cached = stage.student(stage.model, batch).pivot_logits
         direct = stage.model(batch["input_ids"], batch["attention_mask"]).pivot_logits
     torch.testing.assert_close(cached, direct, rtol=1e-5, atol=1e-5)
 
@@ -142,6 +143,21 @@ def test_sct_reduces_the_kl_loss_with_a_fresh_echo_head(assets, tmp_path) -> Non
     Trainer(cfg, stage).train()
     after = mean_loss(stage, "kl", n_batches=2)
     assert after < 0.9 * before, (before, after)
+
+
+def test_sct_with_frozen_encoder_and_pivot_trains_the_echo_head_only(assets, tmp_path) -> None:
+    cfg = make_config(assets, tmp_path, stage="sct", max_steps=16, freeze_encoder=True,
+                      cache_encoder_states=True, freeze_pivot=True)
+    stage = build_stage(cfg)
+    frozen = {k: v.clone() for k, v in stage.model.state_dict().items()
+              if not k.startswith(("echo.", "scale"))}
+    echo_before = stage.model.echo.weight.detach().clone()
+    before = mean_loss(stage, "kl", n_batches=2)
+    Trainer(cfg, stage).train()
+    assert all(torch.equal(v, stage.model.state_dict()[k]) for k, v in frozen.items())
+    assert not torch.equal(stage.model.echo.weight, echo_before)
+    assert stage.cache.hits > 0
+    assert mean_loss(stage, "kl", n_batches=2) < before
 
 
 def test_sct_info_nce_variant_runs_and_logs(assets, tmp_path) -> None:

@@ -27,10 +27,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
+from milco_os.sparse import to_csr  # noqa: E402
 from milco_os.training.data import ntrex_lines  # noqa: E402
 
 NTREX_CODES = {"zh": "zho-CN", "ar": "arb", "hi": "hin", "ru": "rus", "th": "tha", "de": "deu",
@@ -54,22 +54,15 @@ def qrels_for(lang: str, n_corpus: int, holdout: int) -> dict[str, dict[str, int
     return {qid: {qid.split("-")[1]: 1} for qid in query_ids(lang, n_corpus, holdout)}
 
 
-def to_csr(vectors: Sequence, view: str, width: int) -> sp.csr_matrix:
-    """Rows of one view (pivot or echo) of :class:`SparseVector` as a CSR matrix."""
-    views = [v.view(view) for v in vectors]
-    indptr = np.cumsum([0] + [len(v) for v in views])
-    ids = np.concatenate([v.ids for v in views]) if views else np.zeros(0, np.int64)
-    weights = np.concatenate([v.weights for v in views]).astype(np.float64) if views else []
-    return sp.csr_matrix((weights, ids, indptr), shape=(len(views), width))
-
-
-def exact_scores(q: Sequence, d: Sequence) -> np.ndarray:
-    """[Q, D] exact scores of encoded queries and documents: pivot dot + echo dot."""
+def exact_scores(q: Sequence, d: Sequence, views: Sequence[str] = ("pivot", "echo")
+                 ) -> np.ndarray:
+    """[Q, D] exact scores of encoded queries and documents: the sum of the views' dots."""
     scores = np.zeros((len(q), len(d)))
-    for view in ("pivot", "echo"):
+    for view in views:
         width = 1 + max((int(v.view(view).ids.max()) for v in q + d if len(v.view(view))),
                         default=0)
-        scores += (to_csr(q, view, width) @ to_csr(d, view, width).T).toarray()
+        scores += (to_csr(q, view, width, np.float64) @ to_csr(d, view, width, np.float64).T
+                   ).toarray()
     return scores
 
 
@@ -134,6 +127,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--langs", default=",".join(NTREX_CODES))
     parser.add_argument("--holdout", type=int, default=200)
     parser.add_argument("--json", type=Path, help="also write the table as JSON here")
+    parser.add_argument("--views", default="pivot+echo",
+                        help="comma-separated scorings, each a +-joined set of views, e.g. "
+                             "'pivot,echo,pivot+echo' for one row each (default pivot+echo)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     langs = args.langs.split(",")
@@ -143,20 +139,25 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     systems: dict[str, object] = {}
     if args.untrained:
         systems["untrained"] = untrained_folder(*args.untrained, args.seed)
-    systems.update({Path(m).name: Path(m) for m in args.model})
+    systems.update({f"{Path(m).parent.name}/{Path(m).name}": Path(m) for m in args.model})
+    scorings = [tuple(v.split("+")) for v in args.views.split(",")]
     table: dict[str, dict[str, float]] = {}
     from milco_os.encoder import SparseEncoder
 
     for label, folder in systems.items():
         encoder = SparseEncoder.from_pretrained(folder, device="cpu")
-        table[label] = {}
         corpus = held_out(args.ntrex, langs[0], args.holdout)[1]
         docs = encoder.encode(corpus, kind="document")
+        rows = {views: f"{label} [{'+'.join(views)}]" if len(scorings) > 1 else label
+                for views in scorings}
+        for row in rows.values():
+            table[row] = {}
         for lang in langs:
-            queries = held_out(args.ntrex, lang, args.holdout)[0]
+            queries = encoder.encode(held_out(args.ntrex, lang, args.holdout)[0], kind="query")
             qids = query_ids(lang, len(corpus), args.holdout)
-            run = run_from_scores(exact_scores(encoder.encode(queries, kind="query"), docs), qids)
-            table[label][lang] = ndcg10(qrels_for(lang, len(corpus), args.holdout), run)
+            for views, row in rows.items():
+                run = run_from_scores(exact_scores(queries, docs, views), qids)
+                table[row][lang] = ndcg10(qrels_for(lang, len(corpus), args.holdout), run)
     for item in args.run:
         label, _, pattern = item.partition("=")
         table[label] = {}
@@ -172,10 +173,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
 
 def print_table(table: dict[str, dict[str, float]], langs: list[str]) -> None:
     print("nDCG@10 (NTREX-128 held-out X -> English)")
-    print(f"{'system':<28}" + "".join(f"{lang:>7}" for lang in langs) + f"{'mean':>7}")
+    print(f"{'system':<44}" + "".join(f"{lang:>7}" for lang in langs) + f"{'mean':>7}")
     for label, row in table.items():
         values = [row[lang] for lang in langs]
-        print(f"{label:<28}" + "".join(f"{v:>7.3f}" for v in values)
+        print(f"{label:<44}" + "".join(f"{v:>7.3f}" for v in values)
               + f"{float(np.mean(values)):>7.3f}")
 
 

@@ -63,8 +63,10 @@ class TrainConfig:
     lambda_d: float = 1e-5
     sparse_reg: str = "l1"
     echo: bool = True
-    # frozen-encoder recipe (stage 1): train connector + head only, cache encoder states
+    # small-compute recipes: a frozen encoder (its states cached) and, in stage 2, a frozen
+    # pivot view (connector + English head), so only what is left trains
     freeze_encoder: bool = False
+    freeze_pivot: bool = False
     cache_encoder_states: bool = False
     cache_max_positions: int = 2_000_000
     # bookkeeping
@@ -107,6 +109,9 @@ class TrainConfig:
         if self.cache_encoder_states and not self.freeze_encoder:
             raise ConfigError("cache_encoder_states needs freeze_encoder: true "
                               "(a trained encoder's states change every step)")
+        if self.stage == "sap" and self.freeze_encoder and self.freeze_pivot:
+            raise ConfigError("freeze_encoder and freeze_pivot together leave nothing to train "
+                              "in stage sap (its echo head does not train)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -24,7 +24,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from milco_os.modeling import MilcoModel, SparseModel, load_sparse_model, read_state_dict
+from milco_os.modeling import (
+    MilcoModel,
+    MilcoOutput,
+    SparseModel,
+    load_sparse_model,
+    model_output,
+    read_state_dict,
+)
 from milco_os.training.config import ConfigError, TrainConfig
 from milco_os.training.data import (
     DISTILLATION_COLUMNS,
@@ -112,10 +119,44 @@ def load_model_weights(model: nn.Module, directory: Path) -> None:
 
 
 class _StageBase:
-    """Saving, loading and epochs, common to both stages."""
+    """The student's forward pass, saving, loading and epochs, common to both stages."""
 
+    cfg: TrainConfig
     model: nn.Module
     dataset: Sequence[Any]
+    cache: EncoderStateCache | None = None
+
+    def freeze_parts(self) -> None:
+        """Freeze what ``cfg.freeze_encoder`` / ``cfg.freeze_pivot`` name."""
+        if self.cfg.freeze_encoder:
+            freeze(self.model.m_model)
+        if self.cfg.freeze_pivot:
+            freeze(self.model.projector)
+            freeze(self.model.mlm_head)
+        if self.cfg.cache_encoder_states:
+            self.cache = EncoderStateCache(self.cfg.cache_max_positions)
+
+    def student(self, model: nn.Module, enc: dict[str, Tensor]) -> MilcoOutput:
+        """The student's outputs for a tokenized batch.
+
+        A frozen encoder runs in eval mode without gradients (its states come from the
+        cache when one is kept); a frozen pivot view is computed without gradients, so
+        its vocabulary-wide logits keep no activations for a backward pass.
+        """
+        if not (self.cfg.freeze_encoder or self.cfg.freeze_pivot):
+            return model(enc["input_ids"], enc["attention_mask"])
+        student, mask = self.model, enc["attention_mask"]
+        if self.cfg.freeze_encoder:
+            student.m_model.eval()  # no dropout, so states are a function of the tokens
+            with torch.no_grad():
+                hidden = (self.cache.hidden(student, enc["input_ids"], mask) if self.cache
+                          else student.encode_states(enc["input_ids"], mask))
+            hidden = hidden.to(student.projector.weight.dtype)
+        else:
+            hidden = student.encode_states(enc["input_ids"], mask)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.freeze_pivot):
+            pivot_logits = student.pivot_from_states(hidden, mask)
+        return model_output(hidden, pivot_logits, student.echo_from_states(hidden, mask))
 
     def to(self, device: torch.device) -> None:
         self.model.to(device)
@@ -181,10 +222,7 @@ class AlignmentStage(_StageBase):
         if getattr(self.model, "echo", None) is not None:
             freeze(self.model.echo)
             self.model.scale.requires_grad_(False)
-        if cfg.freeze_encoder:
-            freeze(self.model.m_model)
-        self.cache = (EncoderStateCache(cfg.cache_max_positions)
-                      if cfg.cache_encoder_states else None)
+        self.freeze_parts()
         self.dataset = torch.utils.data.ConcatDataset(
             [load_parallel_source(s) for s in sources])
         self.lengths = [len(r["english"]) + len(r["non_english"]) for r in iter_rows(self.dataset)]
@@ -193,24 +231,12 @@ class AlignmentStage(_StageBase):
             load_tokenizer(self.teacher.tokenizer_dirs["m"]),
             cfg.max_length, cfg.pad_to_multiple_of)
 
-    def student_logits(self, model: nn.Module, enc: dict[str, Tensor]) -> Tensor:
-        if not self.cfg.freeze_encoder:
-            return model(enc["input_ids"], enc["attention_mask"]).pivot_logits
-        student = self.model
-        student.m_model.eval()  # a frozen encoder runs without dropout, so states are fixed
-        if self.cache is not None:
-            hidden = self.cache.hidden(student, enc["input_ids"], enc["attention_mask"])
-        else:
-            with torch.no_grad():
-                hidden = student.encode_states(enc["input_ids"], enc["attention_mask"])
-        hidden = hidden.to(student.projector.weight.dtype)
-        return student.pivot_from_states(hidden, enc["attention_mask"])
-
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
         with torch.no_grad():
             teacher = self.teacher(**batch["teacher_english"]).pivot_logits.float()
-        non_english = smse(self.student_logits(model, batch["non_english"]).float(), teacher)
-        english = smse(self.student_logits(model, batch["english"]).float(), teacher)
+        non_english = smse(self.student(model, batch["non_english"]).pivot_logits.float(),
+                           teacher)
+        english = smse(self.student(model, batch["english"]).pivot_logits.float(), teacher)
         loss = non_english + english
         return loss, {"loss": loss.item(), "smse_non_english": non_english.item(),
                       "smse_english": english.item()}
@@ -227,6 +253,7 @@ class ContrastiveStage(_StageBase):
         self.model = build_student(cfg)
         if cfg.echo and isinstance(self.model, MilcoModel):
             attach_fresh_echo(self.model)
+        self.freeze_parts()
         self.regulariser = regulariser(cfg.sparse_reg)
         rows = load_rows(source, DISTILLATION_COLUMNS, split=cfg.data.get("split", "train"))
         self.dataset = DistillationGroups(rows, cfg.group_size, cfg.seed)
@@ -238,8 +265,7 @@ class ContrastiveStage(_StageBase):
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
         q_in, d_in = batch["queries"], batch["docs"]
-        q = model(q_in["input_ids"], q_in["attention_mask"])
-        d = model(d_in["input_ids"], d_in["attention_mask"])
+        q, d = self.student(model, q_in), self.student(model, d_in)
         scores = score_matrix(q.pivot, d.pivot, q.echo, q_in["input_ids"], d.echo,
                               d_in["input_ids"])
         if self.cfg.loss == "kl":
