@@ -261,6 +261,10 @@ def test_eval_xling_scores_are_exact_dot_products_and_qrels_align() -> None:
     docs = [vector({1: 0.5}, {7: 2.0}), vector({5: 4.0, 2: 1.0}, {8: 1.0})]
     np.testing.assert_allclose(eval_xling.exact_scores(queries, docs),
                                [[2.0 * 0.5 + 3.0 * 2.0, 1.0 * 4.0], [0.0, 1.0]])
+    np.testing.assert_allclose(eval_xling.exact_scores(queries, docs, ["echo"]),
+                               [[3.0 * 2.0, 0.0], [0.0, 0.0]])
+    np.testing.assert_allclose(eval_xling.exact_scores(queries, docs, ["pivot"]),
+                               [[2.0 * 0.5, 1.0 * 4.0], [0.0, 1.0]])
     assert eval_xling.qrels_for("de", 10, 2) == {"de-8": {"8": 1}, "de-9": {"9": 1}}
     run = eval_xling.run_from_scores(np.array([[0.0, 2.0], [1.0, 0.5]]), ["a", "b"])
     assert eval_xling.ndcg10({"a": {"1": 1}, "b": {"1": 1}}, run) == pytest.approx(

@@ -176,3 +176,10 @@ def test_config_overrides_types_and_errors(tmp_path) -> None:
         TrainConfig.from_file(path, ["cache_encoder_states=true"])
     with pytest.raises(ConfigError, match="lr must be a number"):
         TrainConfig.from_file(path, ["lr=fast"])
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "training"
+                                         / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_training_config_is_valid(path: Path) -> None:
+    cfg = TrainConfig.from_file(path)
+    assert cfg.output_dir and cfg.stage in ("sap", "sct")
