@@ -34,7 +34,6 @@ when an index is built from the collection.
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -220,9 +219,15 @@ def read_local_files(spec: str, *, lang: str | None = None) -> EvalDataset:
 def read_queries(path: Path, *, lang: str | None = None) -> list[Query]:
     """Queries from JSONL (``_id``/``id``, ``text``, optional ``lang``) or ``qid<TAB>text``."""
     if path.suffix.lower() in (".tsv", ".txt"):
-        with path.open(encoding="utf-8", newline="") as handle:
-            rows = [{"id": r[0], "text": r[1]} for r in csv.reader(handle, delimiter="\t")
-                    if len(r) >= 2]
+        rows = []
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                # split on the first tab only: quotes and further tabs are query text
+                query_id, tab, text = line.rstrip("\r\n").partition("\t")
+                if tab:
+                    rows.append({"id": query_id, "text": text})
+                elif line.strip():
+                    raise DatasetError(f"{path}: line {number}: expected qid<TAB>text")
     else:
         rows = []
         with path.open(encoding="utf-8") as lines:

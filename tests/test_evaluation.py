@@ -257,6 +257,18 @@ def test_dataset_readers_name_what_is_wrong(tmp_path: Path, beir: Path):
         load_dataset("miracl")
 
 
+def test_tsv_queries_keep_quotes_and_tabs_and_refuse_lines_without_an_id(tmp_path: Path):
+    queries, qrels = tmp_path / "queries.tsv", tmp_path / "qrels.tsv"
+    texts = {"q1": 'He said "no" twice', "q2": '"quoted\tand tabbed', "q3": "plain"}
+    queries.write_text("".join(f"{q}\t{t}\n" for q, t in texts.items()) + "\n")
+    qrels.write_text("".join(f"{q} 0 d1 1\n" for q in texts))
+    data = load_dataset(f"queries={queries},qrels={qrels}")
+    assert {q.id: q.text for q in data.queries} == texts
+    queries.write_text("q1\tfine\nno tab here\n")
+    with pytest.raises(DatasetError, match=r"queries.tsv: line 2: expected qid<TAB>text"):
+        load_dataset(f"queries={queries},qrels={qrels}")
+
+
 def test_cli_build_splits_passages_and_scores_documents_by_their_best_passage(
         tmp_path: Path, beir: Path, model_dir: Path, encoder: SparseEncoder):
     local = tmp_path / "local"
