@@ -28,6 +28,11 @@ sct=$(latest runs/milco-small-sct)
 export MILCO_OS_URL=$(.venv/bin/milco-os cluster up --name xling)
 $py training/eval_xling.py --export runs/xling
 $py bench/bm25_xling.py runs/xling
+for lang in zh ar hi ru th de es; do  # the trained model and BM25 through the same index
+  .venv/bin/milco-os evaluate --index xling-en --model "$sct" --build --mode default,bm25 \
+      --dataset "queries=runs/xling/queries.$lang.tsv,qrels=runs/xling/qrels.$lang.tsv,corpus=runs/xling/corpus.jsonl" \
+      --lang "$lang" --metrics nDCG@10 --run-out "runs/xling/os-$lang"
+done
 .venv/bin/milco-os cluster down --name xling
 $py training/eval_xling.py --model "$sap" --model "$sct" --views pivot,echo,pivot+echo \
     --untrained "$e5" ../shared/models/splade-tiny \
