@@ -26,7 +26,7 @@ from milco_os.encoder import SparseEncoder
 from milco_os.modeling import MilcoModel
 from milco_os.presets import init_model
 from milco_os.sparse import SparseVector, SparseView
-from milco_os.training.config import TrainConfig
+from milco_os.training.config import ConfigError, TrainConfig
 from milco_os.training.stages import AlignmentStage, ContrastiveStage, build_stage
 from milco_os.training.trainer import Trainer
 
@@ -158,6 +158,13 @@ def test_sct_with_frozen_encoder_and_pivot_trains_the_echo_head_only(assets, tmp
     assert not torch.equal(stage.model.echo.weight, echo_before)
     assert stage.cache.hits > 0
     assert mean_loss(stage, "kl", n_batches=2) < before
+
+
+def test_freezing_parts_needs_a_milco_student(assets, tmp_path) -> None:
+    cfg = make_config(assets, tmp_path, stage="sct", model={"path": str(assets["teacher"])},
+                      freeze_pivot=True)
+    with pytest.raises(ConfigError, match="need a MILCO student"):
+        build_stage(cfg)
 
 
 def test_sct_info_nce_variant_runs_and_logs(assets, tmp_path) -> None:

@@ -176,6 +176,8 @@ def test_config_overrides_types_and_errors(tmp_path) -> None:
         TrainConfig.from_file(path, ["cache_encoder_states=true"])
     with pytest.raises(ConfigError, match="lr must be a number"):
         TrainConfig.from_file(path, ["lr=fast"])
+    with pytest.raises(ConfigError, match="leave nothing to train in stage sap"):
+        TrainConfig.from_file(path, ["freeze_encoder=true", "freeze_pivot=true"])
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "training"

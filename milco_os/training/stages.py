@@ -128,6 +128,10 @@ class _StageBase:
 
     def freeze_parts(self) -> None:
         """Freeze what ``cfg.freeze_encoder`` / ``cfg.freeze_pivot`` name."""
+        if (self.cfg.freeze_encoder or self.cfg.freeze_pivot) and not isinstance(self.model,
+                                                                                 MilcoModel):
+            raise ConfigError("freeze_encoder and freeze_pivot need a MILCO student "
+                              f"(got {type(self.model).__name__})")
         if self.cfg.freeze_encoder:
             freeze(self.model.m_model)
         if self.cfg.freeze_pivot:
