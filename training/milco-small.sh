@@ -18,7 +18,7 @@ if [ ! -f "$e5/config.json" ]; then
 fi
 latest() { ls -d "$1"/checkpoint-* | sort -V | tail -n1; }
 nice -n 10 $py training/sap.py --config training/configs/milco-small.yaml \
-    "max_steps=${STEPS:-700}" "max_minutes=${MINUTES:-60}"
+    "max_steps=${STEPS:-1000}" "max_minutes=${MINUTES:-90}"
 sap=$(latest runs/milco-small-sap)
 $py training/mine_distillation.py --config training/configs/milco-small.yaml \
     --rows "${ROWS:-24000}" --out runs/milco-small-distillation.jsonl
