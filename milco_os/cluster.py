@@ -260,17 +260,28 @@ def _http_json(url: str, state: ClusterState, timeout: float = 5.0) -> Any:
         return json.loads(resp.read())
 
 
+ENVIRON_READS, ENVIRON_PAUSE_S = 5, 0.05
+
+
 def _process_alive(pid: int, node_folder: str) -> bool:
     """Whether ``pid`` is still the node we started, not a process that reused its pid.
 
     The launcher script execs Java, so the command line changes; the environment
     (which names the node's config folder) survives the exec.
     """
-    try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return f"OPENSEARCH_PATH_CONF={node_folder}/config".encode() in environ
+    marker = f"OPENSEARCH_PATH_CONF={node_folder}/config".encode()
+    for _ in range(ENVIRON_READS):
+        try:
+            if marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                return True
+            if Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] == b"Z":
+                return False  # exited, not yet reaped
+        except OSError:
+            return False  # no such process
+        # While a process execs (the launcher script execs Java) its environment
+        # briefly reads as empty or partial: look again before calling it gone.
+        time.sleep(ENVIRON_PAUSE_S)
+    return False
 
 
 class LocalCluster:

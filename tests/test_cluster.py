@@ -56,3 +56,28 @@ def test_down_stops_only_what_up_started(tmp_path, monkeypatch) -> None:
     assert not _process_alive(node.pid, node.folder)
     assert cluster.url() is None
     assert cluster.down() == []
+
+
+def test_a_node_that_execs_is_never_taken_for_dead(tmp_path) -> None:
+    """The launcher script execs Java; mid-exec, /proc/<pid>/environ reads empty or partial,
+    which once made start-up report a healthy node as exited."""
+    import subprocess
+    import time
+
+    folder = tmp_path / "node"
+    env = {"PATH": "/usr/bin:/bin", "OPENSEARCH_PATH_CONF": f"{folder}/config", "N": "0"}
+    # re-exec itself 400 times, then sleep: hundreds of exec windows
+    script = 'n=$N; if [ "$n" -lt 400 ]; then N=$((n+1)) exec bash -c "$0"; fi; exec sleep 0.5'
+    proc = subprocess.Popen(["bash", "-c", script], env=env)
+    verdicts = []
+    while proc.poll() is None:
+        verdicts.append(_process_alive(proc.pid, str(folder)))
+    assert verdicts.count(False) <= 1  # only a read after the last exit may say so
+    assert len(verdicts) > 100
+    assert not _process_alive(proc.pid, str(folder))
+    other = subprocess.Popen(["sleep", "1"], env={**env, "OPENSEARCH_PATH_CONF": "/elsewhere"})
+    started = time.monotonic()
+    assert not _process_alive(other.pid, str(folder))  # a reused pid is not our node
+    assert time.monotonic() - started < 1.0
+    other.kill()
+    other.wait()
