@@ -61,6 +61,18 @@ def test_unreachable_cluster_fails_clearly_and_fast(tmp_path) -> None:
     assert time.monotonic() - start < 60
 
 
+def settled_count(engine, index: str, pause: float = 0.5) -> int:
+    """The index's document count once two counts ``pause`` seconds apart agree."""
+    previous = -1
+    while True:
+        engine.refresh(index)
+        count = engine.count(index)
+        if count == previous:
+            return count
+        previous = count
+        time.sleep(pause)
+
+
 def test_killed_ingest_resumes_without_loss_or_duplicates(cluster_url, index_name,
                                                           tmp_path) -> None:
     total = 4000
@@ -81,8 +93,7 @@ def test_killed_ingest_resumes_without_loss_or_duplicates(cluster_url, index_nam
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the first run finished before it was killed"
-    engine.refresh(index_name)
-    done_before = engine.count(index_name)
+    done_before = settled_count(engine, index_name)  # a bulk sent before the kill may land
     assert 0 < done_before < total
 
     result = CliRunner().invoke(main, ["ingest", "--index", index_name, "--spec", str(spec),
