@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Reproduce milco-small end to end: build the e5-small encoder, run SAP on
 # Tatoeba + NTREX-128 (last 200 lines of every language held out), mine cross-lingual
-# distillation rows with the English teacher, run SCT (a LexEcho head on the frozen
-# model), then score X->English retrieval on the held-out lines for both stages, the
-# untrained model and BM25 (from a local OpenSearch). Run from the repository root
+# distillation rows with the English teacher, run SCT (a fresh LexEcho head and the
+# pivot view on the frozen encoder), then score X->English retrieval on the held-out
+# lines for both stages, the untrained model and BM25 (from a local OpenSearch), and
+# the final model and BM25 through one OpenSearch index. Run from the repository root
 # after ./dev setup. Budgets: STEPS / MINUTES (stage 1), SCT_STEPS / SCT_MINUTES and
 # ROWS (stage 2).
 set -euo pipefail
@@ -23,7 +24,7 @@ sap=$(latest runs/milco-small-sap)
 $py training/mine_distillation.py --config training/configs/milco-small.yaml \
     --rows "${ROWS:-24000}" --out runs/milco-small-distillation.jsonl
 nice -n 10 $py training/sct.py --config training/configs/milco-small-sct.yaml \
-    "model.path=$sap" "max_steps=${SCT_STEPS:-700}" "max_minutes=${SCT_MINUTES:-25}"
+    "model.path=$sap" "max_steps=${SCT_STEPS:-300}" "max_minutes=${SCT_MINUTES:-30}"
 sct=$(latest runs/milco-small-sct)
 export MILCO_OS_URL=$(.venv/bin/milco-os cluster up --name xling)
 $py training/eval_xling.py --export runs/xling
