@@ -20,6 +20,7 @@ True
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -271,17 +272,34 @@ def _process_alive(pid: int, node_folder: str) -> bool:
     """
     marker = f"OPENSEARCH_PATH_CONF={node_folder}/config".encode()
     for _ in range(ENVIRON_READS):
-        try:
+        # While a process execs (the launcher script execs Java) its environment briefly
+        # reads as empty or partial, or the read fails with ESRCH: only a missing pid or
+        # a zombie is final; anything else is looked at again.
+        with contextlib.suppress(OSError):
             if marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
                 return True
-            if Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] == b"Z":
-                return False  # exited, not yet reaped
-        except OSError:
-            return False  # no such process
-        # While a process execs (the launcher script execs Java) its environment
-        # briefly reads as empty or partial: look again before calling it gone.
+        if not _pid_exists(pid) or _is_zombie(pid):
+            return False
         time.sleep(ENVIRON_PAUSE_S)
     return False
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, owned by another user
+    return True
+
+
+def _is_zombie(pid: int) -> bool:
+    """Exited but not yet reaped (unknown, hence False, while /proc is unreadable)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 class LocalCluster:

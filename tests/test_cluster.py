@@ -67,11 +67,15 @@ def test_a_node_that_execs_is_never_taken_for_dead(tmp_path) -> None:
     folder = tmp_path / "node"
     env = {"PATH": "/usr/bin:/bin", "OPENSEARCH_PATH_CONF": f"{folder}/config", "N": "0"}
     # re-exec itself 400 times, then sleep: hundreds of exec windows
-    script = 'n=$N; if [ "$n" -lt 400 ]; then N=$((n+1)) exec bash -c "$0"; fi; exec sleep 0.5'
-    proc = subprocess.Popen(["bash", "-c", script], env=env)
+    script = ('n=$N; if [ "$n" -lt 400 ]; then N=$((n+1)) exec bash -c "$0" "$0" "$1"; fi; '
+              'echo "$n" > "$1"; exec sleep 0.5')
+    generations = tmp_path / "generations"
+    proc = subprocess.Popen(["bash", "-c", script, script, str(generations)], env=env,
+                            stdin=subprocess.DEVNULL)
     verdicts = []
     while proc.poll() is None:
         verdicts.append(_process_alive(proc.pid, str(folder)))
+    assert generations.read_text().strip() == "400"
     assert verdicts.count(False) <= 1  # only a read after the last exit may say so
     assert len(verdicts) > 100
     assert not _process_alive(proc.pid, str(folder))
