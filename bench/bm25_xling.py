@@ -12,13 +12,13 @@ queries as a ``match`` query, and writes TREC runs ``DIR/bm25.{lang}.trec`` for
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 
 from opensearchpy import helpers
 
 from milco_os.connection import ConnectionSettings
+from milco_os.datasets import read_queries
 
 INDEX = "xling-bm25"
 
@@ -37,13 +37,12 @@ def main() -> None:
                  refresh=True)
     for queries in sorted(args.folder.glob("queries.*.tsv")):
         lang = queries.name.split(".")[1]
-        with queries.open(encoding="utf-8") as handle, \
-                (args.folder / f"bm25.{lang}.trec").open("w") as run:
-            for qid, text in csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE):
+        with (args.folder / f"bm25.{lang}.trec").open("w") as run:
+            for query in read_queries(queries):
                 hits = client.search(index=INDEX, body={
-                    "query": {"match": {"text": text}}, "size": args.k})["hits"]["hits"]
+                    "query": {"match": {"text": query.text}}, "size": args.k})["hits"]["hits"]
                 for rank, hit in enumerate(hits, 1):
-                    run.write(f"{qid} Q0 {hit['_id']} {rank} {hit['_score']} bm25\n")
+                    run.write(f"{query.id} Q0 {hit['_id']} {rank} {hit['_score']} bm25\n")
         print(f"{lang}: {args.folder / f'bm25.{lang}.trec'}")
     client.indices.delete(index=INDEX)
 
