@@ -28,6 +28,7 @@ DISTILLATION_COLUMNS = ("query", "pos", "pos_scores", "neg", "neg_scores")
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv",
                  ".tsv": "csv"}
 NTREX_ENGLISH = "newstest2019-src.eng.txt"
+NTREX_DOCUMENT_IDS = "DOCUMENT_IDS.tsv"
 
 Row = dict[str, Any]
 
@@ -96,16 +97,27 @@ def tatoeba_languages(directory: str | Path) -> list[str]:
                   for p in Path(directory).glob("tatoeba.*-eng.eng"))
 
 
-def read_tatoeba(directory: str | Path, languages: Sequence[str] | None = None) -> list[Row]:
-    """Parallel rows of the LASER Tatoeba test sets (line i aligned to line i)."""
-    directory = Path(directory)
+def tatoeba_lines(directory: str | Path, lang: str) -> tuple[list[str], list[str]]:
+    """The English lines and the aligned lines of ``lang`` in a Tatoeba folder."""
+    base = Path(directory) / f"tatoeba.{lang}-eng"
+    other = Path(f"{base}.{lang}")
+    if not other.exists():
+        raise TrainingDataError(f"{other}: no such Tatoeba file for language {lang!r}")
+    english, translated = _read_lines(Path(f"{base}.eng")), _read_lines(other)
+    if len(english) != len(translated):
+        raise TrainingDataError(f"{other}: {len(translated)} lines vs {len(english)} English")
+    return english, translated
+
+
+def read_tatoeba(directory: str | Path, languages: Sequence[str] | None = None,
+                 holdout: int = 0) -> list[Row]:
+    """Parallel rows of the LASER Tatoeba test sets (line i aligned to line i), without
+    the last ``holdout`` pairs of every language (kept for evaluation)."""
     rows: list[Row] = []
     for lang in languages or tatoeba_languages(directory):
-        base = directory / f"tatoeba.{lang}-eng"
-        other = Path(f"{base}.{lang}")
-        if not other.exists():
-            raise TrainingDataError(f"{other}: no such Tatoeba file for language {lang!r}")
-        rows += _aligned_pairs(_read_lines(Path(f"{base}.eng")), _read_lines(other), str(other))
+        english, translated = tatoeba_lines(directory, lang)
+        keep = max(len(english) - holdout, 0)
+        rows += _aligned_pairs(english[:keep], translated[:keep], f"tatoeba/{lang}")
     return rows
 
 
@@ -127,14 +139,26 @@ def ntrex_lines(directory: str | Path, lang: str) -> tuple[list[str], list[str]]
     return english, translated
 
 
+def ntrex_heldout_mask(directory: str | Path, holdout_documents: int) -> list[bool]:
+    """Per NTREX-128 line: whether it belongs to one of the first ``holdout_documents``
+    articles (``DOCUMENT_IDS.tsv``). Whole articles are held out, so no sentence of a
+    held-out article (nor its neighbours' context) is seen in training."""
+    ids = _read_lines(Path(directory) / NTREX_DOCUMENT_IDS)
+    heldout = set(list(dict.fromkeys(ids))[:holdout_documents])
+    return [doc in heldout for doc in ids]
+
+
 def read_ntrex(directory: str | Path, languages: Sequence[str] | None = None,
-               holdout: int = 0) -> list[Row]:
-    """Parallel rows of NTREX-128 without the last ``holdout`` lines of every language."""
+               holdout: int = 0, holdout_documents: int = 0) -> list[Row]:
+    """Parallel rows of NTREX-128 without the last ``holdout`` lines of every language
+    and without the lines of its first ``holdout_documents`` articles."""
+    mask = ntrex_heldout_mask(directory, holdout_documents) if holdout_documents else None
     rows: list[Row] = []
     for lang in languages or ntrex_languages(directory):
         english, translated = ntrex_lines(directory, lang)
-        keep = len(english) - holdout
-        rows += _aligned_pairs(english[:keep], translated[:keep], f"ntrex128/{lang}")
+        keep = [i for i in range(len(english) - holdout) if not (mask and mask[i])]
+        rows += _aligned_pairs([english[i] for i in keep], [translated[i] for i in keep],
+                               f"ntrex128/{lang}")
     return rows
 
 
@@ -146,9 +170,10 @@ def load_parallel_source(spec: dict[str, Any]) -> Sequence[Row]:
     path = os.path.expanduser(path)
     languages = spec.get("languages")
     if kind == "tatoeba":
-        return read_tatoeba(path, languages)
+        return read_tatoeba(path, languages, holdout=int(spec.get("holdout", 0)))
     if kind == "ntrex":
-        return read_ntrex(path, languages, holdout=int(spec.get("holdout", 0)))
+        return read_ntrex(path, languages, holdout=int(spec.get("holdout", 0)),
+                          holdout_documents=int(spec.get("holdout_documents", 0)))
     if kind == "rows":
         return load_rows(path, PARALLEL_COLUMNS, split=spec.get("split", "train"))
     raise TrainingDataError(f"parallel source {spec}: unknown kind {kind!r} "
