@@ -23,6 +23,7 @@ import torch
 
 from milco_os.modeling import SparseModel, load_sparse_model, resolve_model_dir
 from milco_os.sparse import SparseVector, SparseView
+from milco_os.threads import encoding_threads
 
 KINDS = ("query", "document")
 DEFAULT_MAX_LENGTH = {"query": 64, "document": 512}
@@ -89,13 +90,15 @@ class SparseEncoder:
 
     def encode(self, texts: Sequence[str], kind: str = "query", batch_size: int = 32,
                max_length: int | None = None, keep_special_tokens: bool = True,
-               progress: bool = False) -> list[SparseVector]:
+               progress: bool = False, threads: int | None = None) -> list[SparseVector]:
         """One :class:`SparseVector` per text, in input order.
 
         Texts are sorted by length and padded per batch; ``max_length`` defaults to 64
         tokens for queries and 512 for documents (capped by the model's positions).
         ``keep_special_tokens=False`` drops special tokens (``<s>``, ``</s>``, ``[CLS]``...)
         from both views; by default they are kept, as the model was trained with them.
+        ``threads``: torch threads for this call [default: :mod:`milco_os.threads`' policy,
+        few for a query, all cores for a batch].
         """
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -107,10 +110,11 @@ class SparseEncoder:
         length = min(max_length or DEFAULT_MAX_LENGTH[kind], self.max_positions)
         token_ids = self.tokenize(list(texts), length)
         results: list[SparseVector | None] = [None] * len(token_ids)
-        for batch in self._batches(token_ids, batch_size, progress):
-            for index, vector in zip(batch, self._encode_batch([token_ids[i] for i in batch],
-                                                               keep_special_tokens), strict=True):
-                results[index] = vector
+        with encoding_threads(len(token_ids), threads):
+            for batch in self._batches(token_ids, batch_size, progress):
+                for index, vector in zip(batch, self._encode_batch(
+                        [token_ids[i] for i in batch], keep_special_tokens), strict=True):
+                    results[index] = vector
         return results  # type: ignore[return-value]
 
     def tokenize(self, texts: list[str], max_length: int) -> list[list[int]]:
