@@ -86,7 +86,18 @@ _query_options = [
                  help="Field for hybrid mode's BM25, repeatable, e.g. text.en or text.cjk for "
                       "language-aware analysis [default: title and text]."),
     click.option("--device", help="Torch device for the model."),
+    click.option("--threads", type=click.IntRange(min=1), expose_value=False,
+                 callback=lambda _ctx, _param, n: _set_query_threads(n),
+                 help="CPU threads for encoding a query [env MILCO_OS_THREADS; default 1, "
+                      "which keeps latency steady when other work shares the cores]."),
 ]
+
+
+def _set_query_threads(n: int | None) -> None:
+    if n is not None:
+        from milco_os.threads import configure
+
+        configure(query=n)
 
 
 def query_options(func: Any) -> Any:
