@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from milco_os.corpus import Document, FieldMap, Record, read_files, to_document
+from milco_os.errors import InputError
 
 Qrels = dict[str, dict[str, int]]  # query id -> {document id: relevance}
 CorpusReader = Callable[[], Iterator[Record]]
@@ -55,7 +56,7 @@ SPLIT_PREFERENCE = ("test", "dev", "validation", "train")
 CORPUS_FIELDS = FieldMap(id="_id", text="text", title="title", lang=None)
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A collection that cannot be read, naming the file, record and field at fault."""
 
 
