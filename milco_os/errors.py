@@ -4,6 +4,16 @@ Every error milco-os raises on purpose is a :class:`MilcoOSError`. Its kind says
 whose fault it is and which exit status the command line uses for it; the CLI
 turns any of them into one line on stderr, never a traceback.
 
+==  ==========================================================================
+0   success
+1   the engine refused the request (unknown index, unsupported mode), or an
+    ingest finished with failed records or read no record at all
+2   bad input (option, spec value, file, record stream, model, incompatible
+    index), or an ingest that stopped early (its JSON report is printed)
+3   a cluster that cannot be reached or stays overloaded (after the retries)
+70  an internal error (a bug): one line, ``MILCO_OS_DEBUG=1`` shows the traceback
+==  ==========================================================================
+
 >>> try:
 ...     raise InputError("queries.tsv line 3: no tab between id and text")
 ... except MilcoOSError as exc:

@@ -8,13 +8,18 @@ exact on-disk index for machines without a cluster). Open one with
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from milco_os.errors import InputError, ServiceError
+
 if TYPE_CHECKING:
     from milco_os.query import SparseQuery
+
+MAX_ID_BYTES = 512  # OpenSearch and Elasticsearch refuse a longer _id (the whole bulk request)
 
 
 @dataclass(frozen=True)
@@ -50,16 +55,48 @@ class BulkFailure:
     reason: str
 
 
-class EngineError(RuntimeError):
+class EngineError(ServiceError):
     """A request the engine refused; retrying it unchanged will not help."""
+
+    exit_code = 1
 
 
 class TransientEngineError(EngineError):
     """The whole request failed (429, 5xx, timeout, connection): the caller retries."""
 
+    exit_code = 3
+
 
 class IndexNotFoundError(EngineError):
     """The index does not exist."""
+
+
+class IndexExistsError(EngineError):
+    """The index already exists (e.g. another worker created it a moment ago)."""
+
+
+class InvalidIndexNameError(EngineError, InputError):
+    """A name that is not exactly one concrete index."""
+
+    exit_code = 2
+
+
+def id_problem(engine_id: str) -> str | None:
+    """Why the engines would refuse ``engine_id`` as a document ``_id``, or None."""
+    size = len(engine_id.encode("utf-8"))
+    if size > MAX_ID_BYTES:
+        return f"id is {size} bytes long; the engines accept at most {MAX_ID_BYTES}"
+    return None
+
+
+def bulk_lines(index: str, doc_id: str, source: dict[str, Any]) -> bytes:
+    """The exact bytes one document adds to a ``_bulk`` body (action and source lines).
+
+    Raises ``ValueError`` when a value is NaN or infinite (not JSON).
+    """
+    action = json.dumps({"index": {"_index": index, "_id": doc_id}}, ensure_ascii=False)
+    line = json.dumps(source, ensure_ascii=False, allow_nan=False)
+    return f"{action}\n{line}\n".encode()
 
 
 _FORBIDDEN_IN_NAMES = '\\/*?"<>| ,#:'
@@ -86,7 +123,7 @@ def check_index_name(index: str) -> str:
     elif len(index.encode()) > 255:
         problem = "it is longer than 255 bytes"
     if problem:
-        raise EngineError(f"invalid index name {index!r}: {problem}")
+        raise InvalidIndexNameError(f"invalid index name {index!r}: {problem}")
     return index
 
 
@@ -143,6 +180,10 @@ class Engine(ABC):
     @abstractmethod
     def get_sources(self, index: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The full ``_source`` (vectors included) of each id that exists."""
+
+    @abstractmethod
+    def set_refresh_interval(self, index: str, interval: str | None) -> None:
+        """Set the index's ``refresh_interval`` (None: the engine default)."""
 
     def health(self) -> str:
         """``green``, ``yellow`` or ``red`` (an embedded engine is always green)."""

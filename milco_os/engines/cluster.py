@@ -8,9 +8,9 @@ plus the flavour of mapping and query they speak.
 
 from __future__ import annotations
 
-import json
 from abc import abstractmethod
 from collections.abc import Sequence
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote
 
@@ -20,17 +20,15 @@ from milco_os.engines.base import (
     Engine,
     EngineError,
     Hit,
+    IndexExistsError,
     IndexNotFoundError,
     TransientEngineError,
+    bulk_lines,
     check_index_name,
 )
 from milco_os.mappings import index_body
 from milco_os.query import SparseQuery, build_search_body
-
-
-def is_transient(status: int) -> bool:
-    """Whether a failed request may succeed when retried (too many requests, server errors)."""
-    return status == 429 or status >= 500
+from milco_os.retry import is_transient
 
 
 def error_reason(error: Any) -> str:
@@ -44,13 +42,26 @@ def error_reason(error: Any) -> str:
 
 def classify_error(method: str, path: str, status: int, error: Any) -> EngineError:
     """The :class:`EngineError` subclass for a failed request, with a readable message."""
-    message = f"{method} {path}: HTTP {status}: {error_reason(error)}"
+    reason = error_reason(error) if error else ""
+    message = f"{method} {path}: HTTP {status}: {reason.strip() or _status_reason(status)}"
     error_type = error.get("type") if isinstance(error, dict) else None
     if status == 404 and error_type == "index_not_found_exception":
         return IndexNotFoundError(message)
+    if status == 400 and error_type == "resource_already_exists_exception":
+        return IndexExistsError(message)
     if is_transient(status):
         return TransientEngineError(message)
     return EngineError(message)
+
+
+def _status_reason(status: int) -> str:
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = "no reason given"
+    if status == 401:
+        reason += " (check the user and the password or API key)"
+    return reason
 
 
 def _path(index: str, *parts: str) -> str:
@@ -103,7 +114,14 @@ class ClusterEngine(Engine):
                           refresh_interval=refresh_interval)
         if exist_ok and self.index_exists(index):
             return
-        self.request("PUT", _path(index), body)
+        try:
+            self.request("PUT", _path(index), body)
+        except IndexExistsError:  # created by a concurrent worker since the check above
+            if not exist_ok:
+                raise
+
+    def set_refresh_interval(self, index: str, interval: str | None) -> None:
+        self.request("PUT", _path(index, "_settings"), {"index": {"refresh_interval": interval}})
 
     def delete_index(self, index: str, *, missing_ok: bool = True) -> None:
         try:
@@ -140,18 +158,17 @@ class ClusterEngine(Engine):
         self, index: str, docs: Sequence[tuple[str, dict[str, Any]]]
     ) -> list[BulkFailure]:
         check_index_name(index)
-        lines, failures = [], []
+        parts, failures = [], []
         for doc_id, source in docs:
             try:  # NaN/inf are not JSON: refuse that document alone, as the engine would
-                line = json.dumps(source, ensure_ascii=False, allow_nan=False)
+                parts.append(bulk_lines(index, doc_id, source))
             except ValueError as exc:
                 failures.append(BulkFailure(
                     doc_id, 400, f"mapper_parsing_exception: a value is NaN or infinite ({exc})"))
-                continue
-            lines += [json.dumps({"index": {"_index": index, "_id": doc_id}}), line]
-        if not lines:
+        if not parts:
             return failures
-        answer = self.request("POST", "/_bulk", "\n".join(lines) + "\n", ndjson=True)
+        # The clients send a str as its UTF-8 bytes: exactly the bytes bulk_lines counted.
+        answer = self.request("POST", "/_bulk", b"".join(parts).decode("utf-8"), ndjson=True)
         if not answer.get("errors"):
             return failures
         for item in answer["items"]:
