@@ -14,6 +14,13 @@ and ``two-phase`` returns the exact ranking. Several processes may write one
 index at once (commits take a file lock); each sees the others' documents at
 its next call.
 
+:meth:`LocalEngine.build_approximate` adds an approximate index
+(``ann-*.index.seismic``, see :mod:`milco_os.engines.approximate`) over the
+segments committed so far, named in ``index.json`` once its files are complete.
+Searches then take candidates from it, score them exactly, and scan segments
+committed later exactly, so hits and scores stay exact and only recall is
+approximate; ``LocalEngine(exact=True)`` ignores it.
+
 >>> import tempfile
 >>> engine = LocalEngine(tempfile.mkdtemp())
 >>> engine.create_index("demo", meta={"model": "m", "views": ["pivot"], "pruning": "none"})
@@ -46,6 +53,12 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from milco_os.engines.approximate import (
+    ApproximateIndex,
+    BuildSettings,
+    SearchSettings,
+    stale_files,
+)
 from milco_os.engines.base import (
     BulkFailure,
     Engine,
@@ -119,6 +132,8 @@ class _Snapshot:
     )  # per segment: (data, global columns, indptr)
     _matrices: dict[str, sp.csr_matrix] | None = None  # built on first use after a load
     _live: np.ndarray | None = None
+    approximate: ApproximateIndex | None = None  # over the first approximate.rows rows
+    _tail: dict[str, sp.csr_matrix] | None = None  # the rows after those
 
     def load_segment(self, directory: Path, name: str) -> None:
         arrays = np.load(directory / f"{name}.npz", allow_pickle=False)
@@ -135,7 +150,7 @@ class _Snapshot:
             self.parts[view].append((arrays[f"{view}_data"], remap[arrays[f"{view}_indices"]],
                                      arrays[f"{view}_indptr"]))
         self.segments.append(name)
-        self._matrices = self._live = None
+        self._matrices = self._live = self._tail = None
 
     def live(self) -> np.ndarray:
         """Rows holding the latest version of their _id."""
@@ -164,26 +179,60 @@ class _Snapshot:
                          zip(matrix.indices[start:end], matrix.data[start:end], strict=True)}
         return out
 
+    def query_columns(self, terms: Terms) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per view, the columns of the query's terms known here and their weights."""
+        out = {}
+        for view in VIEWS:
+            columns = self.vocab[view].columns
+            known = [(columns[t], w) for t, w in terms.get(view, {}).items() if t in columns]
+            out[view] = (np.array([c for c, _ in known], dtype=np.int64),
+                         np.array([w for _, w in known], dtype=np.float64))
+        return out
+
     def scores(self, terms: Terms) -> np.ndarray:
         """Exact ``sum over views of matrix @ query`` for every row (float64)."""
-        total = np.zeros(len(self.ids), dtype=np.float64)
-        for view, matrix in self.matrices().items():
-            query = np.zeros(matrix.shape[1], dtype=np.float64)
-            columns = self.vocab[view].columns
-            for term, weight in terms.get(view, {}).items():
-                if term in columns:
-                    query[columns[term]] = weight
-            total += matrix @ query
-        return total
+        return _products(self.matrices(), self.query_columns(terms))
+
+    def candidate_scores(self, terms: Terms,
+                         settings: SearchSettings) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, exact scores): the approximate index's candidates and every later row."""
+        assert self.approximate is not None
+        columns = self.query_columns(terms)
+        covered = self.approximate.rows
+        rows = self.approximate.candidates(columns, settings)
+        picked = {view: matrix[rows] for view, matrix in self.matrices().items()}
+        if self._tail is None:
+            self._tail = {view: matrix[covered:] for view, matrix in self.matrices().items()}
+        tail = _products(self._tail, columns)
+        return (np.concatenate([rows, covered + np.arange(len(tail))]),
+                np.concatenate([_products(picked, columns), tail]))
+
+
+def _products(matrices: dict[str, sp.csr_matrix],
+              columns: dict[str, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """``sum over views of matrix[:, query columns] @ query weights`` (float64)."""
+    total = np.zeros(next(iter(matrices.values())).shape[0], dtype=np.float64)
+    for view, matrix in matrices.items():
+        cols, weights = columns[view]
+        if len(cols):
+            total += matrix[:, cols] @ weights
+    return total
 
 
 class LocalEngine(Engine):
-    """MILCO indexes as files under ``root`` (see the module docstring)."""
+    """MILCO indexes as files under ``root`` (see the module docstring).
+
+    ``exact=True`` always scans every document, even where an approximate index was
+    built; ``search_settings`` tune the approximate search.
+    """
 
     name = "local"
 
-    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, root: str | os.PathLike[str] | None = None, *, exact: bool = False,
+                 search_settings: SearchSettings | None = None) -> None:
         self.root = Path(root) if root is not None else default_root()
+        self.exact = exact
+        self.search_settings = search_settings or SearchSettings()
         self._snapshots: dict[str, _Snapshot] = {}
 
     def _dir(self, index: str) -> Path:
@@ -205,13 +254,43 @@ class LocalEngine(Engine):
         os.replace(tmp, path)
 
     def _snapshot(self, index: str) -> _Snapshot:
-        segments = self._manifest(index)["segments"]
+        manifest = self._manifest(index)
+        segments = manifest["segments"]
         snapshot = self._snapshots.get(index)
         if snapshot is None or snapshot.segments != segments[: len(snapshot.segments)]:
             snapshot = self._snapshots[index] = _Snapshot()
         for name in segments[len(snapshot.segments):]:
             snapshot.load_segment(self._dir(index), name)
+        entry = manifest.get("approximate")
+        if entry and segments[: len(entry["segments"])] != entry["segments"]:
+            entry = None  # built over segments that are gone: it no longer describes the rows
+        if not entry:
+            snapshot.approximate = None
+        elif snapshot.approximate is None or snapshot.approximate.entry != entry:
+            snapshot.approximate = ApproximateIndex.load(self._dir(index), entry)
+            snapshot._tail = None
         return snapshot
+
+    def build_approximate(self, index: str,
+                          settings: BuildSettings | None = None) -> dict[str, Any]:
+        """Build the approximate index over every segment committed now; return its
+        manifest entry. It is committed only if no segment was dropped meanwhile;
+        the files of the index it replaces are deleted after the commit."""
+        snapshot = self._snapshot(index)
+        directory = self._dir(index)
+        entry = {**ApproximateIndex.build(directory, snapshot.matrices(), len(snapshot.ids),
+                                          settings or BuildSettings()),
+                 "segments": list(snapshot.segments)}
+        with self._locked(index):
+            manifest = self._manifest(index)
+            if manifest["segments"][: len(entry["segments"])] != entry["segments"]:
+                raise EngineError(f"local index {index!r} changed its segments during the "
+                                  "build; build again")
+            manifest["approximate"] = entry
+            self._write_manifest(index, manifest)
+            for path in stale_files(directory, {f["file"] for f in entry["files"]}):
+                path.unlink(missing_ok=True)
+        return entry
 
     def create_index(
         self,
@@ -302,7 +381,33 @@ class LocalEngine(Engine):
         return {i for i in ids if i in row_of}
 
     def refresh(self, index: str) -> None:
-        self._snapshot(index)
+        self._drop_superseded(index, self._snapshot(index))
+
+    def _drop_superseded(self, index: str, snapshot: _Snapshot) -> None:
+        """Delete the segments whose every document was indexed again later, so that
+        re-running the same documents does not grow the index."""
+        live = snapshot.live()
+        ends = np.cumsum([len(part[2]) - 1 for part in snapshot.parts[VIEWS[0]]])
+        starts = np.concatenate([[0], ends[:-1]])
+        dead = {name for name, a, b in zip(snapshot.segments, starts, ends, strict=True)
+                if not live[a:b].any()}
+        if not dead:
+            return
+        with self._locked(index):
+            manifest = self._manifest(index)
+            manifest["segments"] = [s for s in manifest["segments"] if s not in dead]
+            self._write_manifest(index, manifest)
+        for name in dead:
+            for suffix in (".npz", ".jsonl"):
+                (self._dir(index) / f"{name}{suffix}").unlink(missing_ok=True)
+        self._snapshots.pop(index, None)
+
+    def set_refresh_interval(self, index: str, interval: str | None) -> None:
+        """Only recorded: writes become visible at :meth:`refresh` or the next search."""
+        with self._locked(index):
+            manifest = self._manifest(index)
+            manifest["settings"]["refresh_interval"] = interval
+            self._write_manifest(index, manifest)
 
     def count(self, index: str) -> int:
         return len(self._snapshot(index).row_of)
@@ -321,11 +426,19 @@ class LocalEngine(Engine):
             raise EngineError(f"the local engine has no {query.mode!r} mode (it has no BM25 "
                               "and no plugins); use mode 'default'")
         snapshot = self._snapshot(index)
-        scores = snapshot.scores(fit_clause_limit(query.weighted_terms(), query.max_clauses))
-        rows = np.flatnonzero((scores > 0) & snapshot.live())
-        rows = rows[np.lexsort((rows, -scores[rows]))]  # by score, then insertion order
-        hits: Iterable[Hit] = (Hit(snapshot.ids[r], float(scores[r]), snapshot.sources[r])
-                               for r in rows)
+        terms = fit_clause_limit(query.weighted_terms(), query.max_clauses)
+        if snapshot.approximate is None or self.exact:
+            scores = snapshot.scores(terms)
+            rows = np.flatnonzero(scores > 0)
+            scores = scores[rows]
+        else:
+            rows, scores = snapshot.candidate_scores(terms, self.search_settings)
+        keep = (scores > 0) & snapshot.live()[rows]
+        rows, scores = rows[keep], scores[keep]
+        order = np.lexsort((rows, -scores))  # by score, then insertion order
+        rows, scores = rows[order], scores[order]
+        hits: Iterable[Hit] = (Hit(snapshot.ids[r], float(s), snapshot.sources[r])
+                               for r, s in zip(rows, scores, strict=True))
         if query.collapse:
             hits = best_per_document(hits)
         return list(itertools.islice(hits, k))
