@@ -387,8 +387,9 @@ class LocalEngine(Engine):
         """Delete the segments whose every document was indexed again later, so that
         re-running the same documents does not grow the index."""
         live = snapshot.live()
-        ends = np.cumsum([len(part[2]) - 1 for part in snapshot.parts[VIEWS[0]]])
-        starts = np.concatenate([[0], ends[:-1]])
+        sizes = np.array([len(part[2]) - 1 for part in snapshot.parts[VIEWS[0]]], dtype=np.int64)
+        ends = np.cumsum(sizes)
+        starts = ends - sizes
         dead = {name for name, a, b in zip(snapshot.segments, starts, ends, strict=True)
                 if not live[a:b].any()}
         if not dead:
