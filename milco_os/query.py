@@ -48,7 +48,7 @@ from milco_os.sparse import VIEWS, SparseVector
 from milco_os.terms import convert_view
 
 MODES = ("default", "two-phase", "hybrid", "neural-sparse")
-FLAVOURS = ("opensearch", "elasticsearch")
+FLAVOURS = ("opensearch", "elasticsearch", "elasticsearch-terms")
 DEFAULT_MAX_CLAUSE_COUNT = 1024  # Lucene's and OpenSearch's default
 NEURAL_SPARSE_MAX_WEIGHT = 64.0  # neural_sparse accepts query_tokens weights in (0, 64]
 CLAUSE_SETTING = "indices.query.bool.max_clause_count"
@@ -169,6 +169,17 @@ def sparse_vector_clauses(terms: Terms) -> list[dict[str, Any]]:
     ]
 
 
+def term_clauses(terms: Terms) -> list[dict[str, Any]]:
+    """Elasticsearch 8.x without the ML plugin (no ``sparse_vector`` query): one ``term``
+    clause per term on the ``sparse_vector`` field, boosted by its weight, which scores the
+    same linear dot product."""
+    return [
+        {"term": {view: {"value": t, "boost": w}}}
+        for view, ts in terms.items()
+        for t, w in ts.items()
+    ]
+
+
 def neural_sparse_clauses(terms: Terms) -> list[dict[str, Any]]:
     """OpenSearch ``neural_sparse`` queries, one per view.
 
@@ -193,6 +204,8 @@ def sparse_clauses(terms: Terms, flavour: str, mode: str) -> list[dict[str, Any]
         return neural_sparse_clauses(terms)
     if flavour == "elasticsearch":
         return sparse_vector_clauses(terms)
+    if flavour == "elasticsearch-terms":
+        return term_clauses(terms)
     return rank_feature_clauses(terms)
 
 
