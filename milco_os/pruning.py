@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -80,6 +81,8 @@ class Pruning:
         except ValueError:
             raise ValueError(f"bad pruning spec {spec!r}: {raw!r} is not a valid "
                              f"{_METHODS[method][1].__name__} for {method}") from None
+        if not math.isfinite(value):
+            raise ValueError(f"bad pruning spec {spec!r}: {raw!r} is not a finite number")
         rule = cls(method, value)
         try:
             rule.apply_view(SparseView.empty())  # validates the value's range
