@@ -43,7 +43,7 @@ def build_model(args: argparse.Namespace):
     import torch
     from transformers import MistralConfig
 
-    from milco_os.echo_llm import EchoLlmConfig, EchoLlmModel
+    from milco_os.models.echo_llm import EchoLlmConfig, EchoLlmModel
 
     llm = MistralConfig(vocab_size=args.vocab, hidden_size=args.hidden,
                         intermediate_size=2 * args.hidden, num_hidden_layers=args.layers,

@@ -68,8 +68,9 @@ def naive_encode(encoder, texts: list[str], batch_size: int, max_length: int):
             hidden = encoder.model.encode_states(input_ids, mask)
             logits = encoder.model.pivot_head(hidden) * mask.unsqueeze(-1)  # [B, L, V]
             pivot = torch.log1p(torch.relu(logits.max(dim=1).values)).numpy()
-            echo = encoder.model.echo_from_states(hidden, mask).numpy()
-        vectors.extend(encoder.to_vector(ids, pivot[row], echo[row])
+            echo = encoder.model.echo_from_states(hidden, mask)  # None: no echo head
+        echo = None if echo is None else echo.numpy()
+        vectors.extend(encoder.to_vector(ids, pivot[row], None if echo is None else echo[row])
                        for row, ids in enumerate(batch))
     return vectors
 
@@ -145,7 +146,7 @@ def main() -> None:
     if args.model_dir is None:
         args.model_dir = Path.home() / ".cache" / "milco-os" / f"bench-{args.preset}"
     if not (args.model_dir / "config.json").is_file():
-        from milco_os.presets import init_model
+        from milco_os.models.presets import init_model
 
         init_model(args.preset, args.model_dir, seed=0)
     results = {v: run_variant(v, args) for v in args.variants.split(",")}
@@ -170,7 +171,7 @@ def summarise(results: dict[str, dict], args: argparse.Namespace) -> dict:
                     "load_average_at_start": os.getloadavg()},
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__},
-        "settings": {"preset": args.preset, "n": args.n, "batch_size": args.batch_size,
+        "settings": {"preset": args.preset, "model_dir": str(args.model_dir), "n": args.n, "batch_size": args.batch_size,
                      "max_length": args.max_length, "texts": "NTREX-128, cycling languages"},
         "variants": results,
     }

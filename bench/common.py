@@ -153,7 +153,7 @@ def cluster_url() -> Iterator[str]:
     if url := os.environ.get("MILCO_OS_URL"):
         yield url
         return
-    from milco_os.cluster import LocalCluster
+    from milco_os.devcluster import LocalCluster
 
     cluster = LocalCluster(name="bench")
     state = cluster.up(heap="2g")

@@ -1,12 +1,26 @@
 """Run every benchmark, write ``bench/results/*.json`` and refresh README.md's table.
 
-    python bench/run.py [--only encode,ingest,query,scaling] [--quick]
+    python bench/run.py [--only encode,latency,local,opensearch,startup,ingest,query,scaling]
+                        [--quick] [--model MILCO_FOLDER]
 
-Benchmarks (each measures milco-os against a named baseline in the same run):
+Benchmarks (each measures milco-os against a named baseline in the same run). The
+trained MILCO is ``--model`` (default: ``$MILCO_OS_BENCH_MODEL``, else the newest
+``runs/milco-small-*/checkpoint-*``); its corpora are ``milco_corpus.py``'s (real
+vectors of real multilingual sentences, and synthetic passages drawn from their
+term statistics):
 
 - ``encode``: ``SparseEncoder`` vs sentence-transformers' ``SparseEncoder`` on
-  splade-tiny (``bench_encode_st.py``), and vs the released code's naive way on a
-  random MILCO (``bench_encode.py``);
+  splade-tiny (``bench_encode_st.py``), and vs the released code's naive way on the
+  trained MILCO (``bench_encode.py``);
+- ``latency``: single-query encoding p50/p95, idle and beside a busy core, thread
+  policy vs torch's default threads (``bench_latency.py``);
+- ``local``: the local engine's approximate index vs its exact scan, 20k passages
+  (quick) or 1M (``bench_local.py``);
+- ``opensearch``: two-phase vs the full query, end to end (encode + search) vs
+  BM25, ingest with encoding, bytes per passage per pruning level, at 20k passages
+  (quick) or 100k (``bench_opensearch.py``);
+- ``startup``: one-query CLI search with and without compiled bytecode
+  (``bench_startup.py``);
 - ``ingest``: ``Ingestor`` vs opensearch-py ``helpers.bulk`` (``bench_ingest.py``);
 - ``query``: latency/QPS per query pruning level vs BM25, brute force and Seismic;
   index size per document pruning level (``bench_query.py``);
@@ -31,42 +45,84 @@ from pathlib import Path
 
 from common import RESULTS, ROOT, cluster_url, save_result
 
-BENCHMARKS = ("encode", "ingest", "query", "scaling")
+BENCHMARKS = ("encode", "latency", "local", "opensearch", "startup", "ingest", "query",
+              "scaling")
+SIZES = {"local": (20_000, 1_000_000), "opensearch": (20_000, 100_000)}  # (quick, full)
+REAL_DOCUMENTS = (1000, 1000)  # real passages encoded for the term statistics (quick, full)
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
-def run_encode(quick: bool) -> None:
+def default_model() -> Path:
+    """``$MILCO_OS_BENCH_MODEL``, else the newest milco-small checkpoint under runs/."""
+    if env := os.environ.get("MILCO_OS_BENCH_MODEL"):
+        return Path(env)
+    found = sorted(ROOT.glob("runs/milco-small-*/checkpoint-*/config.json"),
+                   key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise SystemExit("no trained MILCO: pass --model or set MILCO_OS_BENCH_MODEL")
+    return found[-1].parent
+
+
+def run_encode(quick: bool, model: Path) -> None:
     import bench_encode_st
 
     save_result("encode_vs_st", bench_encode_st.run(quick))
-    settings = ["--preset", "small", "--n", "64" if quick else "400", "--max-length",
-                "128" if quick else "256", "--variants", "naive,sparse-encoder",
+    settings = ["--model-dir", str(model), "--n", "64" if quick else "256", "--max-length",
+                "128", "--variants", "naive,sparse-encoder",
                 "--out", str(RESULTS / "encode_vs_naive.json")]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     subprocess.run([sys.executable, str(ROOT / "bench" / "bench_encode.py"), *settings],
                    check=True, env=env)
 
 
-def run_ingest(quick: bool) -> None:
+def run_latency(quick: bool, model: Path) -> None:
+    import bench_latency
+
+    save_result("latency", bench_latency.run(model, quick))
+
+
+def run_local(quick: bool, model: Path) -> None:
+    import bench_local
+
+    save_result("local_approximate", bench_local.run(model, SIZES["local"][not quick],
+                                                     REAL_DOCUMENTS[not quick], 100))
+
+
+def run_opensearch(quick: bool, model: Path) -> None:
+    import bench_opensearch
+
+    save_result("opensearch", bench_opensearch.run(model, SIZES["opensearch"][not quick],
+                                                   REAL_DOCUMENTS[not quick], 100,
+                                                   100 if quick else 300))
+
+
+def run_startup(quick: bool, model: Path) -> None:
+    import bench_startup
+
+    save_result("startup", bench_startup.run(model, 1000, 2 if quick else 3))
+
+
+def run_ingest(quick: bool, model: Path) -> None:
     import bench_ingest
 
     save_result("ingest", bench_ingest.run(quick))
 
 
-def run_query(quick: bool) -> None:
+def run_query(quick: bool, model: Path) -> None:
     import bench_query
 
     save_result("query", bench_query.run(quick))
 
 
-def run_scaling(quick: bool) -> None:
+def run_scaling(quick: bool, model: Path) -> None:
     import bench_scaling
 
     save_result("scaling", bench_scaling.run(quick))
 
 
-RUNNERS = {"encode": run_encode, "ingest": run_ingest, "query": run_query,
-           "scaling": run_scaling}
+RUNNERS = {"encode": run_encode, "latency": run_latency, "local": run_local,
+           "opensearch": run_opensearch, "startup": run_startup, "ingest": run_ingest,
+           "query": run_query, "scaling": run_scaling}
 
 
 def load(name: str) -> dict | None:
@@ -85,12 +141,15 @@ def table_rows() -> list[list[str]]:
     if naive := load("encode_vs_naive"):
         v = naive["variants"]
         ours, base = v["sparse-encoder"], v["naive"]
-        rows.append(["encode, random MILCO small, CPU (docs/s)", f"{ours['docs_per_s']:.1f}",
+        model = Path(naive["settings"].get("model_dir") or naive["settings"]["preset"]).name
+        rows.append([f"encode, trained MILCO ({model}), CPU (docs/s)", f"{ours['docs_per_s']:.1f}",
                      f"naive (released code's way) {base['docs_per_s']:.1f}",
                      f"{ours['docs_per_s'] / base['docs_per_s']:.2f}x", ">= 1.5x"])
         rows.append(["encode peak memory over weights (MB)", f"{ours['peak_over_loaded_mb']:.0f}",
                      f"naive {base['peak_over_loaded_mb']:.0f}",
-                     f"{ours['peak_over_loaded_mb'] / base['peak_over_loaded_mb']:.2f}x", "-"])
+                     f"{ours['peak_over_loaded_mb'] / base['peak_over_loaded_mb']:.2f}x",
+                     "<= 0.5x"])
+    rows += new_rows()
     if ingest := load("ingest"):
         f = ingest["figures"]
         rows.append([f"ingest {ingest['settings']['documents']:,} pre-encoded docs (docs/s)",
@@ -108,6 +167,78 @@ def table_rows() -> list[list[str]]:
         rows.append([f"scaling x{f['documents_ratio']:.0f} documents", "",
                      "smallest corpus", f"p50 {f['p50_ratio']:.2f}x, size "
                      f"{f['index_bytes_ratio']:.2f}x", "-"])
+    return rows
+
+
+def new_rows() -> list[list[str]]:
+    """Rows of the benchmarks on the trained model's corpora."""
+    rows = []
+    if lat := load("latency"):
+        c, f = lat["conditions"], lat["figures"]
+        for condition in ("idle", "loaded"):
+            p, t = c[condition]["policy"], c[condition]["torch-default"]
+            load_1m = c[condition]["load_average"][0]
+            rows.append([f"query encoding, one query, {condition} (load {load_1m}): p50 / p95 ms",
+                         f"{p['p50_ms']:.1f} / {p['p95_ms']:.1f}",
+                         f"torch default threads {t['p50_ms']:.1f} / {t['p95_ms']:.1f}",
+                         f"{p['p50_ms'] / t['p50_ms']:.2f}x",
+                         "p50 <= 15 ms" if condition == "idle" else "<= 2x idle"])
+        rows.append(["query encoding under load / idle (p50)",
+                     f"{f['policy_loaded_over_idle_p50']:.2f}x",
+                     f"torch default {f['torch_default_loaded_over_idle_p50']:.2f}x", "",
+                     "<= 2x"])
+        i8 = c["idle"]["int8"]
+        rows.append(["query encoding, int8 dynamic quantisation (proposal), idle: p50 / p95 ms",
+                     f"{i8['p50_ms']:.1f} / {i8['p95_ms']:.1f}",
+                     f"fp32 policy {c['idle']['policy']['p50_ms']:.1f}",
+                     f"{f['int8_vs_policy_p50_idle']:.2f}x, top-10 overlap "
+                     f"{f['int8_top10_pivot_overlap']:.2f}", "-"])
+    if local := load("local_approximate"):
+        f, n = local["figures"], local["settings"]["documents"]
+        rows.append([f"local engine approximate (Seismic + exact re-score), {n:,} passages: "
+                     "p50 / p95 ms, recall@10",
+                     f"{f['approximate_p50_ms']:.2f} / {f['approximate_p95_ms']:.2f}, "
+                     f"{f['approximate_recall_at_10']:.3f} ({local['best_setting']})",
+                     f"exact scan {f['exact_p50_ms']:.1f} ms p50",
+                     f"{f['speedup_p50']:.1f}x faster", ">= 20x at recall >= 0.99 (1M)"])
+    if os_ := load("opensearch"):
+        rows += opensearch_rows(os_)
+    if start := load("startup"):
+        f = start["figures"]
+        rows.append(["CLI start-up: one-query `milco-os search --engine local` (s)",
+                     f"{f['search_compiled_s']:.1f}",
+                     f"no compiled bytecode {f['search_not_compiled_s']:.1f}",
+                     f"{f['search_ratio']:.2f}x", "-"])
+        rows.append(["CLI start-up: `milco-os --help` (s), imports torch?",
+                     f"{f['help_compiled_s']:.2f}, {'yes' if f['help_imports_torch'] else 'no'}",
+                     "-", "", "no torch"])
+    return rows
+
+
+def opensearch_rows(result: dict) -> list[list[str]]:
+    n = result["settings"]["documents"]
+    tp, e2e = result["two_phase"], result["end_to_end"]
+    best = tp["sweep"][tp["best"]]
+    rows = [[f"two-phase on OpenSearch, {n:,} passages: p50 / p95 ms, recall@10",
+             f"{best['p50_ms']:.1f} / {best['p95_ms']:.1f}, {best['recall_at_10']:.3f} "
+             f"({tp['best']})",
+             f"full query {tp['full']['p50_ms']:.1f} / {tp['full']['p95_ms']:.1f}",
+             f"{tp['speedup_p50']:.2f}x faster", ">= 3x at recall >= 0.99"]]
+    for name in ("full", "two-phase"):
+        rows.append([f"end to end (encode + search, {name}), OpenSearch {n:,}: p50 / p95 ms",
+                     f"{e2e[name]['p50_ms']:.1f} / {e2e[name]['p95_ms']:.1f}",
+                     f"BM25 {e2e['bm25']['p50_ms']:.1f} / {e2e['bm25']['p95_ms']:.1f}",
+                     f"{e2e[name]['p50_ms'] / e2e['bm25']['p50_ms']:.2f}x BM25 p50", "-"])
+    rates = result["ingest_docs_per_s"]
+    rows.append(["ingest with encoding on CPU (docs/s)", f"{rates['encoding']:.1f}",
+                 f"pre-encoded {rates['pre-encoded']:.0f}",
+                 f"{rates['encoding'] / rates['pre-encoded']:.3f}x", "-"])
+    sizes = result["bytes_per_passage"]
+    for prune, size in sizes.items():
+        if prune != "text only":
+            rows.append([f"index bytes per passage, document pruning {prune} (real vectors)",
+                         f"{size:.0f}", f"text only {sizes['text only']:.0f}",
+                         f"{size / sizes['text only']:.2f}x", "-"])
     return rows
 
 
@@ -148,8 +279,9 @@ def markdown(rows: list[list[str]]) -> str:
     header = ["benchmark", "milco-os", "baseline (same run)", "ratio", "goal"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell or "" for cell in row) + " |" for row in rows]
-    results = {name: r for name in ("encode_vs_st", "encode_vs_naive", "ingest", "query",
-                                    "scaling") if (r := load(name))}
+    results = {name: r for name in ("encode_vs_st", "encode_vs_naive", "latency",
+                                    "local_approximate", "opensearch", "startup", "ingest",
+                                    "query", "scaling") if (r := load(name))}
     if results:
         machine = next(iter(results.values()))["machine"]
         lines += ["", f"Machine: {machine['cpu']}, {machine['cores']} cores, "
@@ -181,6 +313,7 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(BENCHMARKS),
                         help=f"comma-separated subset of {', '.join(BENCHMARKS)}")
     parser.add_argument("--quick", action="store_true", help="small sizes (~10 minutes)")
+    parser.add_argument("--model", type=Path, help="trained MILCO folder [default: see above]")
     parser.add_argument("--table-only", action="store_true",
                         help="only refresh the README table from bench/results/*.json")
     args = parser.parse_args()
@@ -191,14 +324,15 @@ def main() -> None:
     if args.table_only:
         chosen = []
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    needs_cluster = set(chosen) & {"ingest", "query", "scaling"}
+    needs_cluster = set(chosen) & {"opensearch", "ingest", "query", "scaling"}
+    model = args.model or (default_model() if chosen else None)
     with cluster_url() if needs_cluster else contextlib.nullcontext() as url:
         if url:
             os.environ["MILCO_OS_URL"] = url  # one cluster for every benchmark of the run
         for name in chosen:
             tick = time.perf_counter()
             print(f"== {name}", flush=True)
-            RUNNERS[name](args.quick)
+            RUNNERS[name](args.quick, model)
             print(f"== {name}: {time.perf_counter() - tick:.0f}s", flush=True)
     path = write_table(markdown(table_rows()))
     print(f"results in {RESULTS}; table in {path}")

@@ -1,0 +1,135 @@
+"""The embedded ``local`` engine: approximate index (Seismic + exact re-scoring) vs exact scan.
+
+Documents: the synthetic corpus of ``milco_corpus.py`` (vectors drawn from the
+trained model's own term statistics); queries: real sentences encoded by the
+model as queries. Both engines search the same on-disk index: the baseline is
+``LocalEngine(exact=True)`` (scipy dot products with every document), ours the
+same engine after :meth:`LocalEngine.build_approximate`. Recall@10 is the
+overlap with the exact scan's top 10. A small sweep of the search settings
+(candidates per column group, Seismic's query_cut and heap_factor) reports the
+fastest setting reaching recall@10 >= 0.99, and the shipped defaults.
+
+    python bench/bench_local.py --model runs/milco-small-sap/checkpoint-200 --docs 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from common import latency_stats, measure, save_result
+from milco_corpus import Vectors, encode_real, synthetic_cached
+
+K = 10
+SEGMENT_DOCS = 50_000
+SWEEP = [(c, cut, heap) for c in (50, 100, 200) for cut, heap in ((10, 0.9), (20, 0.9),
+                                                                    (40, 1.0))]
+TARGET_RECALL = 0.99
+
+
+def build_index(engine, corpus: Vectors) -> float:
+    """Ingest ``corpus`` through ``bulk_index``, one segment per SEGMENT_DOCS; seconds."""
+    tick = time.perf_counter()
+    engine.create_index("bench", meta={"model": "bench", "views": ["pivot", "echo"],
+                                       "pruning": "none"})
+    for start in range(0, len(corpus), SEGMENT_DOCS):
+        rows = range(start, min(start + SEGMENT_DOCS, len(corpus)))
+        docs = [(f"d{row}", {"doc_id": f"d{row}", "passage": 0, **{
+            v: t for v, t in vector.items() if t}}) for row, vector in
+            zip(rows, corpus.dicts(rows), strict=True)]
+        assert not engine.bulk_index("bench", docs)
+    return time.perf_counter() - tick
+
+
+def recall(found: list[list[str]], truth: list[list[str]]) -> float:
+    return float(np.mean([len(set(f) & set(t)) / max(1, len(t))
+                          for f, t in zip(found, truth, strict=True)]))
+
+
+def run(model: Path, n_docs: int, n_real: int, n_queries: int) -> dict:
+    from milco_os.engines.approximate import SearchSettings
+    from milco_os.engines.local import LocalEngine
+    from milco_os.query import SparseQuery
+    from milco_os.sparse import SparseVector
+
+    real = encode_real(model, n_real)
+    corpus = synthetic_cached(model, real, n_docs)
+    query_vectors = encode_real(model, n_queries, kind="query", from_end=True)
+    queries = [SparseQuery(SparseVector.from_dict(q)) for q in query_vectors.dicts()]
+    root = Path(tempfile.mkdtemp(prefix="bench-local-"))
+    try:
+        ingest_seconds = build_index(LocalEngine(root), corpus)
+        exact = LocalEngine(root, exact=True)
+        exact.count("bench")  # load the segments outside the timing
+        calls = [lambda q=q: exact.search("bench", q, K) for q in queries]
+        hits, exact_ms = measure(calls, passes=1)
+        truth = [[h.id for h in hs] for hs in hits]
+        tick = time.perf_counter()
+        LocalEngine(root).build_approximate("bench")
+        build_seconds = time.perf_counter() - tick
+        sweep = {}
+        for candidates, cut, heap in SWEEP:
+            settings = SearchSettings(candidates=candidates, query_cut=cut, heap_factor=heap)
+            engine = LocalEngine(root, search_settings=settings)
+            engine.count("bench")
+            calls = [lambda q=q, e=engine: e.search("bench", q, K) for q in queries]
+            found, ms = measure(calls)
+            sweep[f"candidates={candidates} query_cut={cut} heap_factor={heap}"] = {
+                **latency_stats(ms), "recall_at_10": recall([[h.id for h in hs]
+                                                             for hs in found], truth)}
+        index_bytes = sum(p.stat().st_size for p in (root / "bench").iterdir())
+        ann_bytes = sum(p.stat().st_size for p in (root / "bench").glob("ann-*"))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    default = SearchSettings()
+    default_name = (f"candidates={default.candidates} query_cut={default.query_cut} "
+                    f"heap_factor={default.heap_factor}")
+    reaching = [(v["p50_ms"], name) for name, v in sweep.items()
+                if v["recall_at_10"] >= TARGET_RECALL]
+    best = min(reaching)[1] if reaching else max(sweep, key=lambda n: sweep[n]["recall_at_10"])
+    exact_stats = latency_stats(exact_ms)
+    return {
+        "baseline": "LocalEngine(exact=True): the exact scan of the same index",
+        "settings": {"documents": n_docs, "real_documents_for_statistics": n_real,
+                     "queries": len(queries), "k": K, "model": str(model),
+                     "terms_per_document": corpus.terms_per_row(),
+                     "terms_per_query": query_vectors.terms_per_row()},
+        "exact": exact_stats,
+        "sweep": sweep,
+        "default_setting": default_name,
+        "best_setting": best,
+        "target_reached": bool(reaching),
+        "figures": {
+            "exact_p50_ms": exact_stats["p50_ms"],
+            "approximate_p50_ms": sweep[best]["p50_ms"],
+            "approximate_p95_ms": sweep[best]["p95_ms"],
+            "approximate_recall_at_10": sweep[best]["recall_at_10"],
+            "speedup_p50": exact_stats["p50_ms"] / sweep[best]["p50_ms"],
+            "default_speedup_p50": exact_stats["p50_ms"] / sweep.get(
+                default_name, sweep[best])["p50_ms"],
+            "default_recall_at_10": sweep.get(default_name, sweep[best])["recall_at_10"],
+            "ingest_seconds": ingest_seconds, "build_seconds": build_seconds,
+            "index_bytes_per_doc": index_bytes / n_docs,
+            "approximate_bytes_per_doc": ann_bytes / n_docs,
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--docs", type=int, default=100_000)
+    parser.add_argument("--real", type=int, default=6000,
+                        help="real documents encoded for the term statistics")
+    parser.add_argument("--queries", type=int, default=100)
+    args = parser.parse_args()
+    print(save_result("local_approximate",
+                      run(args.model, args.docs, args.real, args.queries)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""Benchmark corpora with a trained MILCO's vectors: real ones, and 1M drawn from their statistics.
+
+Real: the multilingual sentences of ``../shared/data`` (NTREX-128, CC BY-SA 4.0, and
+Tatoeba, CC BY 2.0 FR; every language side, de-duplicated, ~190k sentences), shuffled
+with a fixed seed so that any prefix mixes the languages, encoded with the model as
+documents. Encoding all of them on a busy 2-core machine takes hours, so the first
+``n`` are encoded (in chunks cached under ``~/.cache/milco-os/bench``, so an
+interrupted run resumes). Queries are other sentences of the same shuffle (the
+last ones), encoded as queries.
+
+Synthetic ("drawn from the model's own term statistics"), per view, from the real
+document vectors: a document's number of terms is drawn from the real per-document
+term counts; its terms are drawn without repetition with probability proportional to
+their real document frequency; the weight of each term is one of the weights that
+term really had in some document, drawn uniformly. So lengths, the posting-list
+length distribution (Zipf-like, as in the real vectors) and each term's weight
+distribution are the model's; only co-occurrence between terms is not kept.
+
+    python bench/milco_corpus.py --model runs/milco-small-sap/checkpoint-200 --n 6000
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+from common import CACHE, SHARED
+
+VIEWS = ("pivot", "echo")
+CHUNK = 500
+
+
+def sentences() -> list[str]:
+    """Every distinct sentence of NTREX-128 and Tatoeba, shuffled (seed 0)."""
+    files = sorted((SHARED / "data" / "ntrex128").glob("*.txt"))
+    files += sorted((SHARED / "data" / "tatoeba").glob("tatoeba.*"))
+    seen: dict[str, None] = {}
+    for path in files:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line := line.strip():
+                seen.setdefault(line, None)
+    texts = list(seen)
+    random.Random(0).shuffle(texts)
+    return texts
+
+
+@dataclass
+class Vectors:
+    """Sparse vectors of one kind: per view a CSR matrix and its term strings."""
+
+    texts: list[str]
+    matrices: dict[str, sp.csr_matrix]
+    terms: dict[str, list[str]]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def dicts(self, rows: range | list[int] | None = None) -> list[dict[str, dict[str, float]]]:
+        """``{view: {term: weight}}`` of the given rows (default: all)."""
+        rows = range(len(self)) if rows is None else rows
+        out = []
+        for row in rows:
+            vector = {}
+            for view, matrix in self.matrices.items():
+                start, end = matrix.indptr[row], matrix.indptr[row + 1]
+                names = self.terms[view]
+                vector[view] = {names[c]: float(w) for c, w in
+                                zip(matrix.indices[start:end], matrix.data[start:end],
+                                    strict=True)}
+            out.append(vector)
+        return out
+
+    def terms_per_row(self) -> dict[str, float]:
+        return {view: float(np.diff(m.indptr).mean()) for view, m in self.matrices.items()}
+
+
+def model_key(model: Path) -> str:
+    weights = next(model.glob("model.safetensors"), None) or model / "config.json"
+    stat = weights.stat()
+    return hashlib.sha1(f"{model.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
+                        ).hexdigest()[:10]
+
+
+def encode_real(model: Path, n: int, kind: str = "document", from_end: bool = False,
+                max_length: int = 128) -> Vectors:
+    """The first (or, ``from_end``, the last) ``n`` shuffled sentences, encoded."""
+    texts_all = sentences()
+    texts = texts_all[-n:] if from_end else texts_all[:n]
+    folder = CACHE / f"milco-{model_key(model)}-{kind}{'-end' if from_end else ''}"
+    folder.mkdir(parents=True, exist_ok=True)
+    encoder = None
+    rows: list[dict] = []
+    for start in range(0, n, CHUNK):
+        path = folder / f"{start}-{CHUNK}.jsonl"
+        if not path.is_file():
+            if encoder is None:
+                from milco_os.encoder import SparseEncoder
+
+                encoder = SparseEncoder.from_pretrained(model, device="cpu")
+            chunk = texts[start:start + CHUNK]
+            vectors = encoder.encode(chunk, kind=kind, batch_size=32, max_length=max_length)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(v.to_dict(), ensure_ascii=False) + "\n"
+                                   for v in vectors), encoding="utf-8")
+            tmp.replace(path)
+            print(f"encoded {min(start + CHUNK, n)}/{n} {kind}s", flush=True)
+        rows += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return from_dicts(texts, rows[:n])
+
+
+def from_dicts(texts: list[str], rows: list[dict[str, dict[str, float]]]) -> Vectors:
+    matrices, terms = {}, {}
+    for view in VIEWS:
+        columns: dict[str, int] = {}
+        data, indices, indptr = [], [], [0]
+        for row in rows:
+            for term, weight in row.get(view, {}).items():
+                indices.append(columns.setdefault(term, len(columns)))
+                data.append(weight)
+            indptr.append(len(indices))
+        matrices[view] = sp.csr_matrix((np.array(data, np.float32),
+                                        np.array(indices, np.int32), np.array(indptr, np.int64)),
+                                       shape=(len(rows), max(len(columns), 1)))
+        terms[view] = list(columns) or [""]
+    return Vectors(texts, matrices, terms)
+
+
+class TermStatistics:
+    """What :func:`synthetic` draws from: per view, the real term counts per document,
+    each term's document frequency, and the weights each term had."""
+
+    def __init__(self, real: Vectors) -> None:
+        self.terms = real.terms
+        self.lengths, self.term_p, self.weight_start, self.weights = {}, {}, {}, {}
+        for view, matrix in real.matrices.items():
+            self.lengths[view] = np.diff(matrix.indptr)
+            by_term = matrix.tocsc()
+            df = np.diff(by_term.indptr).astype(np.float64)
+            self.term_p[view] = df / max(df.sum(), 1.0)
+            self.weight_start[view] = by_term.indptr
+            self.weights[view] = by_term.data
+
+    def describe(self) -> dict:
+        return {view: {"mean_terms": float(self.lengths[view].mean()),
+                       "distinct_terms": int((self.term_p[view] > 0).sum()),
+                       "mean_weight": float(self.weights[view].mean()) if
+                       len(self.weights[view]) else 0.0}
+                for view in VIEWS}
+
+
+def synthetic(stats: TermStatistics, n: int, seed: int = 0) -> dict[str, sp.csr_matrix]:
+    """``n`` documents per view as CSR matrices over the real terms (columns = stats.terms)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for view in VIEWS:
+        p = stats.term_p[view]
+        if p.sum() == 0:
+            out[view] = sp.csr_matrix((n, len(p)), dtype=np.float32)
+            continue
+        cdf = np.cumsum(p)
+        lengths = np.minimum(rng.choice(stats.lengths[view], size=n), int((p > 0).sum()))
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        columns = []
+        for row, length in enumerate(lengths):
+            picked = _distinct_draw(rng, cdf, int(length))
+            columns.append(picked)
+            indptr[row + 1] = indptr[row] + len(picked)
+        indices = np.concatenate(columns) if columns else np.zeros(0, np.int64)
+        start, count = stats.weight_start[view][indices], np.diff(stats.weight_start[view])[indices]
+        data = stats.weights[view][start + (rng.random(len(indices)) * count).astype(np.int64)]
+        out[view] = sp.csr_matrix((data.astype(np.float32), indices.astype(np.int32), indptr),
+                                  shape=(n, len(p)))
+    return out
+
+
+def _distinct_draw(rng: np.random.Generator, cdf: np.ndarray, length: int) -> np.ndarray:
+    """``length`` distinct columns, each drawn with probability ~ its frequency
+    (draws with repetition, then the first ``length`` distinct ones)."""
+    picked = np.zeros(0, dtype=np.int64)
+    draws = length
+    while len(picked) < length:
+        found = np.searchsorted(cdf, rng.random(2 * draws) * cdf[-1], side="right")
+        found = np.minimum(found, len(cdf) - 1)
+        merged = np.concatenate([picked, found])
+        _, first = np.unique(merged, return_index=True)
+        picked = merged[np.sort(first)]
+        draws *= 2
+    return np.sort(picked[:length])
+
+
+def synthetic_cached(model: Path, real: Vectors, n: int, seed: int = 0) -> Vectors:
+    """:func:`synthetic` of ``n`` documents, cached as .npz beside the real vectors."""
+    path = CACHE / f"milco-{model_key(model)}-synthetic-{len(real)}-{n}-{seed}.npz"
+    if path.is_file():
+        arrays = np.load(path)
+        matrices = {v: sp.csr_matrix((arrays[f"{v}_data"], arrays[f"{v}_indices"],
+                                      arrays[f"{v}_indptr"]), shape=tuple(arrays[f"{v}_shape"]))
+                    for v in VIEWS}
+    else:
+        matrices = synthetic(TermStatistics(real), n, seed)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **{f"{v}_{k}": getattr(m, k) for v, m in matrices.items()
+                         for k in ("data", "indices", "indptr")},
+                 **{f"{v}_shape": np.array(m.shape) for v, m in matrices.items()})
+        tmp.replace(path)
+    texts = [real.texts[i % len(real)] for i in range(n)]  # for BM25: real sentences
+    return Vectors(texts, matrices, real.terms)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--n", type=int, default=6000, help="real documents to encode")
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--synthetic", type=int, default=0, help="synthetic documents")
+    args = parser.parse_args()
+    real = encode_real(args.model, args.n)
+    queries = encode_real(args.model, args.queries, kind="query", from_end=True)
+    print(json.dumps({"documents": len(real), "terms_per_document": real.terms_per_row(),
+                      "queries": len(queries), "terms_per_query": queries.terms_per_row(),
+                      "statistics": TermStatistics(real).describe()}, indent=2))
+    if args.synthetic:
+        fake = synthetic_cached(args.model, real, args.synthetic)
+        print("synthetic terms per document", fake.terms_per_row())
+
+
+if __name__ == "__main__":
+    main()
