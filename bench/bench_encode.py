@@ -171,7 +171,8 @@ def summarise(results: dict[str, dict], args: argparse.Namespace) -> dict:
                     "load_average_at_start": os.getloadavg()},
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__},
-        "settings": {"preset": args.preset, "model_dir": str(args.model_dir), "n": args.n, "batch_size": args.batch_size,
+        "settings": {"preset": args.preset, "model_dir": str(args.model_dir), "n": args.n,
+                     "batch_size": args.batch_size,
                      "max_length": args.max_length, "texts": "NTREX-128, cycling languages"},
         "variants": results,
     }
