@@ -22,15 +22,24 @@ from milco_os.connection import ConnectionSettings
 from milco_os.datasets import DatasetError, Query, load_dataset
 from milco_os.encoder import SparseEncoder
 from milco_os.engines import open_engine
+from milco_os.errors import InputError
 from milco_os.evaluation import (
     BM25Searcher,
+    BuildOptions,
+    CachingEncoder,
+    Sweep,
     best_per_document,
+    compare_runs,
     evaluate,
+    exact_run,
+    exact_scores,
+    markdown_table,
     read_trec_run,
+    sweep_systems,
     write_trec_run,
 )
 from milco_os.ingest import Ingestor
-from milco_os.presets import init_model
+from milco_os.models.presets import init_model
 from milco_os.search import Searcher
 from milco_os.spec import IngestSpec
 
@@ -301,3 +310,97 @@ def test_hub_datasets_fail_with_a_clear_error_when_the_hub_is_unreachable(monkey
     with pytest.raises(DatasetError, match=r"mteb/MIRACLRetrievalHardNegatives.*'sw-queries'"
                                            r".*hub must be reachable.*BEIR folder"):
         load_dataset("miracl", langs=["sw"])
+
+
+# ------------------------------------------------------------------ the Python API
+
+
+def test_sweep_api_searches_each_view_as_the_exact_dot_products_of_that_view(
+        tmp_path: Path, beir: Path, model_dir: Path, encoder: SparseEncoder):
+    """A sweep driven from Python, no Click: it builds the index, and every system's run
+    is the exact score of its views (the local engine scans every document)."""
+    data = load_dataset(str(beir))
+    engine = open_engine(None, "local", local_path=str(tmp_path / "local"))
+    systems = sweep_systems("fx-api", views=["both", "pivot", "echo"])
+    assert [s.name for s in systems] == ["milco", "pivot-only", "echo-only"]
+    logged: list[str] = []
+    results = Sweep(engine, data, model=str(model_dir), metrics=METRICS, k=1000,
+                    build=BuildOptions(), log=logged.append).run_all(systems)
+    assert engine.count("fx-api") == 40 and any("building index" in line for line in logged)
+    docs = list(data.corpus(None)())
+    doc_vectors = encoder.encode([d.text for d in docs], kind="document")
+    query_vectors = encoder.encode([q.text for q in data.queries], kind="query")
+    for name, views in (("milco", ("pivot", "echo")), ("pivot-only", ("pivot",)),
+                        ("echo-only", ("echo",))):
+        expected = exact_run(exact_scores(query_vectors, doc_vectors, views),
+                             [q.id for q in data.queries], [d.id for d in docs], k=1000)
+        run = results[name].evaluation.run
+        assert {q: set(d) for q, d in run.items()} == {q: set(d) for q, d in expected.items()}
+        for qid, scores in expected.items():
+            assert [run[qid][d] for d in scores] == pytest.approx(list(scores.values()),
+                                                                  rel=1e-4)
+        assert results[name].evaluation.overall == pytest.approx(direct(data.qrels, run))
+    assert results["milco"].evaluation.run != results["echo-only"].evaluation.run
+
+
+def test_exact_runs_score_as_ir_measures_does_per_language():
+    rng = np.random.default_rng(4)
+    scores = rng.random((6, 9))
+    scores[0] = 0.0  # a query sharing no term with any document retrieves nothing
+    qids, doc_ids = [f"q{i}" for i in range(6)], [f"d{j}" for j in range(9)]
+    run = exact_run(scores, qids, doc_ids, k=5)
+    assert run["q0"] == {} and all(len(run[q]) == 5 for q in qids[1:])
+    assert list(run["q1"]) == [doc_ids[j] for j in np.argsort(-scores[1])[:5]]
+    queries = [Query(q, "x", "en" if i < 2 else "de") for i, q in enumerate(qids)]
+    qrels = {q: {doc_ids[i + 1]: 1, doc_ids[8 - i]: 2} for i, q in enumerate(qids)}
+    result = evaluate(run, queries, qrels, METRICS)
+    for lang in ("en", "de"):
+        ids = {q.id for q in queries if q.lang == lang}
+        assert result.per_language[lang] == pytest.approx(direct(
+            {q: r for q, r in qrels.items() if q in ids}, {q: r for q, r in run.items()
+                                                          if q in ids and r}))
+
+
+def test_caching_encoder_encodes_each_distinct_text_once(encoder: SparseEncoder):
+    calls: list[list[str]] = []
+
+    class Counting:
+        tokenizer = "the wrapped encoder's"
+
+        def encode(self, texts, kind="query", **options):
+            calls.append(list(texts))
+            return encoder.encode(texts, kind=kind, **options)
+
+    cached = CachingEncoder(Counting())
+    first = cached.encode(["a dog", "a cat", "a dog"], kind="document")
+    again = cached.encode(["a cat", "a bird"], kind="document", batch_size=7)
+    as_query = cached.encode(["a dog"], kind="query")
+    assert calls == [["a dog", "a cat"], ["a bird"], ["a dog"]]
+    assert first[0] is first[2] and again[0] is first[1]
+    assert as_query[0].to_dict() == encoder.encode(["a dog"], kind="query")[0].to_dict()
+    assert cached.tokenizer == "the wrapped encoder's"
+
+
+def test_compare_runs_api_and_markdown_tables(beir: Path, tmp_path: Path):
+    data = load_dataset(str(beir))
+    perfect = {q: {d: float(r) for d, r in docs.items()} for q, docs in data.qrels.items()}
+    evaluations = compare_runs([write_trec_run(perfect, tmp_path / "perfect.run")], data,
+                               ["nDCG@10"])
+    assert evaluations["perfect"].average == {"nDCG@10": 1.0}
+    table = markdown_table(["system", "de", "en"], [["a", 0.5, 0.25], ["b", 0.125, 1.0]],
+                           bold_best=True)
+    assert table.splitlines() == ["| system | de | en |", "|---|---|---|",
+                                  "| a | **.500** | .250 |", "| b | .125 | **1.000** |"]
+
+
+def test_bad_sweep_options_are_input_errors_and_one_line_cli_errors(beir: Path):
+    with pytest.raises(InputError, match="views: 'both,pivot' is not one of"):
+        sweep_systems("x", views=["both,pivot"])
+    with pytest.raises(InputError, match="pruning 'topk:none'"):
+        sweep_systems("x", query_prunes=["topk:none"])
+    for args, message in ((["--views", "echo,nope"], "'nope' is not one of both, pivot, echo"),
+                          (["--metrics", "nDCG@x"], "metric 'nDCG@x'")):
+        result = CliRunner().invoke(main, ["evaluate", "--engine", "local", "--index", "x",
+                                           "--dataset", str(beir), *args])
+        assert result.exit_code != 0 and "Traceback" not in result.output
+        assert message in result.output and len(result.output.strip().splitlines()) <= 2
