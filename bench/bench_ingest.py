@@ -13,13 +13,14 @@ retries and background upload. Runs are interleaved; the best is kept.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from common import best_of, cluster_url, encoded, save_result
 
 BULK_DOCS = 500
 
 
-def run(quick: bool) -> dict:
+def run(quick: bool, model: Path | None = None) -> dict:
     from opensearchpy import helpers
 
     from milco_os.connection import ConnectionSettings
@@ -31,7 +32,12 @@ def run(quick: bool) -> dict:
     from milco_os.spec import BatchSizes, IngestSpec
 
     n = 5000 if quick else 20000
-    texts, vectors = encoded("document", n)
+    if model is None:
+        texts, vectors = encoded("document", n)
+    else:  # the trained MILCO's pivot view, synthetic passages (milco_corpus.py)
+        from milco_corpus import pivot_corpus
+
+        texts, vectors, _, _ = pivot_corpus(model, n, 1)
     records = [Document(f"d{i}", t, vectors={"pivot": v}) for i, (t, v) in
                enumerate(zip(texts, vectors, strict=True))]
     sources = [build_source(r.id, 0, SparseVector.from_dict(r.vectors), text=r.text)
@@ -67,7 +73,8 @@ def run(quick: bool) -> dict:
     ours, theirs = n / seconds["milco-os"], n / seconds["helpers.bulk"]
     return {
         "baseline": "opensearch-py helpers.bulk of the same documents, same mapping and cluster",
-        "settings": {"documents": n, "bulk_docs": BULK_DOCS, "vectors": "splade-tiny pivot",
+        "settings": {"documents": n, "bulk_docs": BULK_DOCS,
+                     "vectors": f"{model or 'splade-tiny'} pivot",
                      "mean_terms": sum(map(len, vectors)) / n},
         "figures": {"milco_os_docs_per_s": ours, "bulk_docs_per_s": theirs,
                     "ratio": ours / theirs, "goal_ratio": 0.9, "seconds": seconds},

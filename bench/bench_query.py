@@ -1,7 +1,9 @@
 """Query latency and index size: MILCO queries on OpenSearch at several pruning levels.
 
-All from one run, on the same documents (splade-tiny vectors of English sentences)
-and the same queries (other sentences, encoded as queries):
+All from one run, on the same documents and queries: with ``--model``, the trained
+MILCO's pivot view (synthetic passages drawn from its term statistics, with real
+sentences as text, and real queries; ``milco_corpus.py``), else splade-tiny vectors
+of English sentences (queries: other sentences, encoded as queries):
 
 - milco-os ``rank_feature`` queries through ``engine.search`` at query pruning
   levels none / top-k / mass, on indexes at document pruning levels none / mass /
@@ -28,6 +30,7 @@ import os
 import re
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -40,13 +43,19 @@ K = 10
 BULK = 500
 
 
-def run(quick: bool) -> dict:
+def run(quick: bool, model: Path | None = None) -> dict:
     n_docs, n_queries = (5000, 100) if quick else (20000, 300)
-    texts, docs = encoded("document", n_docs)
-    query_texts, queries = encoded("query", n_queries, skip=n_docs)
+    if model is None:
+        texts, docs = encoded("document", n_docs)
+        query_texts, queries = encoded("query", n_queries, skip=n_docs)
+    else:
+        from milco_corpus import pivot_corpus
+
+        texts, docs, query_texts, queries = pivot_corpus(model, n_docs, n_queries)
     exact = ExactScorer(docs)
     truth = [exact.top(q, K) for q in queries]
     report: dict = {"settings": {"documents": n_docs, "queries": n_queries, "k": K,
+                                 "vectors": str(model) if model else "splade-tiny",
                                  "doc_terms_mean": float(np.mean([len(d) for d in docs])),
                                  "query_terms_mean": float(np.mean([len(q) for q in queries]))}}
     with cluster_url() as url:

@@ -18,6 +18,7 @@ machine; it runs only when asked: ``--sizes 10000,100000,1000000``.
 from __future__ import annotations
 
 import argparse
+import itertools
 from collections.abc import Iterator
 
 import numpy as np
@@ -62,7 +63,21 @@ def documents(n: int, seed: int = 0) -> Iterator:
 FULL_SIZES, QUICK_SIZES = (10_000, 100_000), (2_000, 20_000)
 
 
-def run(quick: bool, sizes: tuple[int, ...] | None = None) -> dict:
+def milco_documents(model, n: int, n_queries: int) -> tuple[Iterator, list[dict]]:
+    """The trained MILCO's synthetic passages (``milco_corpus.py``) and real queries."""
+    from milco_corpus import encode_real, synthetic_cached
+
+    from milco_os.corpus import Document
+
+    corpus = synthetic_cached(model, encode_real(model, 1000), n)
+    queries = encode_real(model, n_queries, kind="query", from_end=True).dicts()
+    docs = (Document(f"d{i}", "", vectors=v, position=i) for i, v in
+            zip(range(n), corpus.dicts(range(n)), strict=True))
+    return docs, queries
+
+
+def run(quick: bool, sizes: tuple[int, ...] | None = None, model=None) -> dict:
+    """With ``model``: its synthetic passages and real queries instead of Zipf vectors."""
     from milco_os.connection import ConnectionSettings
     from milco_os.engines import open_engine
     from milco_os.ingest import Ingestor
@@ -71,9 +86,13 @@ def run(quick: bool, sizes: tuple[int, ...] | None = None) -> dict:
     from milco_os.spec import IngestSpec
 
     sizes = sizes or (QUICK_SIZES if quick else FULL_SIZES)
-    draw = ZipfVectors(seed=1)
-    queries = [SparseQuery(SparseVector.from_dict(draw.draw(QUERY_TERMS)))
-               for _ in range(100 if quick else 300)]
+    n_queries = 100 if quick else 300
+    if model is None:
+        draw = ZipfVectors(seed=1)
+        raw = [draw.draw(QUERY_TERMS) for _ in range(n_queries)]
+    else:
+        raw = milco_documents(model, max(sizes), n_queries)[1]
+    queries = [SparseQuery(SparseVector.from_dict(q)) for q in raw]
     points = {}
     with cluster_url() as url:
         engine = open_engine(ConnectionSettings(url=url))
@@ -81,7 +100,8 @@ def run(quick: bool, sizes: tuple[int, ...] | None = None) -> dict:
             index = f"bench-scaling-{n}"
             engine.delete_index(index)
             spec = IngestSpec(index=index, model=None)
-            report = Ingestor(engine, spec, progress=False).run(documents(n))
+            docs = documents(n) if model is None else milco_documents(model, max(sizes), 1)[0]
+            report = Ingestor(engine, spec, progress=False).run(itertools.islice(docs, n))
             force_merge(engine, index)
             calls = [lambda q=q, i=index: engine.search(i, q, K) for q in queries]
             _, ms = measure(calls)
@@ -94,6 +114,7 @@ def run(quick: bool, sizes: tuple[int, ...] | None = None) -> dict:
     return {
         "baseline": f"the {min(sizes):,}-document corpus of the same distribution",
         "settings": {"sizes": list(sizes), "queries": len(queries), "k": K,
+                     "vectors": str(model) if model else "Zipf synthetic",
                      "doc_terms": DOC_TERMS, "query_terms": QUERY_TERMS,
                      "zipf_exponent": ZIPF_EXPONENT, "vocabularies": VOCAB},
         "points": {str(n): p for n, p in points.items()},

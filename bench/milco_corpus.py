@@ -213,6 +213,16 @@ def synthetic_cached(model: Path, real: Vectors, n: int, seed: int = 0) -> Vecto
     return Vectors(texts, matrices, real.terms)
 
 
+def pivot_corpus(model: Path, n_docs: int, n_queries: int, n_real: int = 1000
+                 ) -> tuple[list[str], list[dict[str, float]], list[str], list[dict[str, float]]]:
+    """Texts and pivot vectors of ``n_docs`` synthetic passages and of ``n_queries`` real
+    queries: what the splade-tiny-era benchmarks (one view) take."""
+    corpus = synthetic_cached(model, encode_real(model, n_real), n_docs)
+    queries = encode_real(model, n_queries, kind="query", from_end=True)
+    return (corpus.texts, [v["pivot"] for v in corpus.dicts()], queries.texts,
+            [v["pivot"] for v in queries.dicts()])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True)

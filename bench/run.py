@@ -105,19 +105,19 @@ def run_startup(quick: bool, model: Path) -> None:
 def run_ingest(quick: bool, model: Path) -> None:
     import bench_ingest
 
-    save_result("ingest", bench_ingest.run(quick))
+    save_result("ingest", bench_ingest.run(quick, model))
 
 
 def run_query(quick: bool, model: Path) -> None:
     import bench_query
 
-    save_result("query", bench_query.run(quick))
+    save_result("query", bench_query.run(quick, model))
 
 
 def run_scaling(quick: bool, model: Path) -> None:
     import bench_scaling
 
-    save_result("scaling", bench_scaling.run(quick))
+    save_result("scaling", bench_scaling.run(quick, model=model))
 
 
 RUNNERS = {"encode": run_encode, "latency": run_latency, "local": run_local,
