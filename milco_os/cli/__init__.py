@@ -15,6 +15,7 @@ from milco_os.cli.index import index
 from milco_os.cli.ingest import ingest
 from milco_os.cli.model import model
 from milco_os.cli.search import dsl, search
+from milco_os.cli.serve import serve
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -31,3 +32,4 @@ main.add_command(evaluate)
 main.add_command(index)
 main.add_command(search)
 main.add_command(dsl)
+main.add_command(serve)
