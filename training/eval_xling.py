@@ -1,19 +1,27 @@
-"""Cross-lingual retrieval check on the NTREX-128 lines held out of alignment training.
+"""X->English retrieval on the two sets held out of milco-small's training, against BM25.
 
-For each language X: queries = the last ``--holdout`` lines of X, corpus = all 1,997
-English lines, one relevant document = the aligned English line. Scores are exact
-in-memory sparse dot products (pivot view + echo view, as the model scores), so no
-search cluster is needed; the metric is nDCG@10 (ir-measures).
+- NTREX-128: queries = the lines of language X in the first ``holdout_documents``
+  articles (24 articles, 356 lines), corpus = all 1,997 English lines, relevant = the
+  aligned English line.
+- Tatoeba: queries = the last ``holdout`` pairs of language X (200), corpus = the
+  distinct English sentences of those pairs over every evaluated language, relevant =
+  every corpus document holding the query's English sentence (compared after Unicode
+  NFKC, whitespace folding and case folding, so near-identical copies are never
+  counted as misses).
 
-Examples::
+The holdouts are read from the training config, so the sets are what training left
+out. Each model is scored per view (pivot, echo, pivot+echo) by exact in-memory dot
+products; with a cluster (``MILCO_OS_URL``, or ``--url``), one index per set holds the
+``--engine-model`` vectors and the text, and that model's views and BM25 (``match``
+on the index's text field) are searched through it. The metric is nDCG@10
+(ir-measures), per language and as the mean over languages. ``--out DIR`` writes
+``xling.json`` and ``xling.md`` (the README's tables).
 
-    python training/eval_xling.py --model runs/milco-small-sap/checkpoint-800 \\
-        --untrained ~/.cache/milco-os/e5-small ../shared/models/splade-tiny
-    # BM25 (or any engine) runs from a cluster, one TREC run file per language:
-    python training/eval_xling.py --export runs/xling     # queries/corpus/qrels to index
-    python training/eval_xling.py --run bm25=runs/xling/bm25.{lang}.trec
+    MILCO_OS_URL=$(milco-os cluster up --name xling) \\
+    python training/eval_xling.py --model runs/milco-small-sct/checkpoint-300 --out runs/xling
 
-Languages default to zh, ar, hi, ru, th, de, es.
+``--export DIR`` writes both sets as BEIR folders (``DIR/ntrex``, ``DIR/tatoeba``) for
+``milco-os evaluate --dataset DIR/ntrex``.
 """
 
 from __future__ import annotations
@@ -22,162 +30,280 @@ import argparse
 import json
 import os
 import sys
-import tempfile
-from collections.abc import Sequence
+import time
+import unicodedata
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import numpy as np
+import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout
 
-from milco_os.sparse import to_csr  # noqa: E402
-from milco_os.training.data import ntrex_lines  # noqa: E402
+from milco_os import evaluation as ev  # noqa: E402
+from milco_os.corpus import Document  # noqa: E402
+from milco_os.datasets import EvalDataset, Qrels, Query  # noqa: E402
+from milco_os.errors import InputError  # noqa: E402
+from milco_os.training.data import ntrex_heldout_mask, ntrex_lines, tatoeba_lines  # noqa: E402
 
-NTREX_CODES = {"zh": "zho-CN", "ar": "arb", "hi": "hin", "ru": "rus", "th": "tha", "de": "deu",
-               "es": "spa"}
-DEFAULT_NTREX = Path(__file__).resolve().parents[2] / "shared" / "data" / "ntrex128"
-TOP_K = 100
-
-
-def held_out(ntrex: Path, lang: str, holdout: int) -> tuple[list[str], list[str]]:
-    """(queries, corpus): the last ``holdout`` lines of ``lang`` and all English lines."""
-    english, translated = ntrex_lines(ntrex, NTREX_CODES.get(lang, lang))
-    return translated[-holdout:], english
-
-
-def query_ids(lang: str, n_corpus: int, holdout: int) -> list[str]:
-    """Query i is aligned with English line n_corpus - holdout + i."""
-    return [f"{lang}-{n_corpus - holdout + i}" for i in range(holdout)]
-
-
-def qrels_for(lang: str, n_corpus: int, holdout: int) -> dict[str, dict[str, int]]:
-    return {qid: {qid.split("-")[1]: 1} for qid in query_ids(lang, n_corpus, holdout)}
+# language: (NTREX-128 code, Tatoeba code)
+LANGUAGES = {"zh": ("zho-CN", "cmn"), "ar": ("arb", "ara"), "hi": ("hin", "hin"),
+             "ru": ("rus", "rus"), "th": ("tha", "tha"), "de": ("deu", "deu"),
+             "es": ("spa", "spa"), "ja": ("jpn", "jpn"), "ko": ("kor", "kor"),
+             "fr": ("fra", "fra"), "fa": ("fas", "pes"), "tr": ("tur", "tur"),
+             "vi": ("vie", "vie")}
+DEFAULT_CONFIG = REPO / "training" / "configs" / "milco-small.yaml"
+METRIC = "nDCG@10"
+VIEWS = {"pivot": ("pivot",), "echo": ("echo",), "pivot+echo": ("pivot", "echo")}
+SWEEP_VIEWS = {"pivot": "pivot", "echo": "echo", "pivot+echo": "both"}  # Sweep's names
+SETS = ("ntrex", "tatoeba")
 
 
-def exact_scores(q: Sequence, d: Sequence, views: Sequence[str] = ("pivot", "echo")
-                 ) -> np.ndarray:
-    """[Q, D] exact scores of encoded queries and documents: the sum of the views' dots."""
-    scores = np.zeros((len(q), len(d)))
-    for view in views:
-        width = 1 + max((int(v.view(view).ids.max()) for v in q + d if len(v.view(view))),
-                        default=0)
-        scores += (to_csr(q, view, width, np.float64) @ to_csr(d, view, width, np.float64).T
-                   ).toarray()
-    return scores
+@dataclass(frozen=True)
+class Holdout:
+    """Where the held-out sets come from and how large they are (the training config's)."""
+
+    ntrex: Path
+    ntrex_documents: int
+    tatoeba: Path
+    tatoeba_pairs: int
+
+    @classmethod
+    def from_config(cls, path: Path) -> Holdout:
+        sources = {s.get("kind"): s for s in
+                   yaml.safe_load(path.read_text(encoding="utf-8"))["data"]["parallel"]}
+        missing = sorted({"ntrex", "tatoeba"} - set(sources))
+        if missing:
+            raise InputError(f"{path}: data.parallel has no {' or '.join(missing)} source")
+        ntrex, tatoeba = sources["ntrex"], sources["tatoeba"]
+        if not ntrex.get("holdout_documents") or not tatoeba.get("holdout"):
+            raise InputError(f"{path}: the ntrex source needs holdout_documents and the "
+                             "tatoeba source holdout (nothing is held out otherwise)")
+
+        def where(source: dict[str, Any]) -> Path:
+            given = Path(os.path.expanduser(source["path"]))
+            return given if given.is_absolute() else (REPO / given).resolve()
+
+        return cls(where(ntrex), int(ntrex["holdout_documents"]), where(tatoeba),
+                   int(tatoeba["holdout"]))
 
 
-def run_from_scores(scores: np.ndarray, qids: list[str]) -> dict[str, dict[str, float]]:
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :TOP_K]
-    return {qid: {str(j): float(scores[i, j]) for j in top[i]} for i, qid in enumerate(qids)}
+def sentence_key(text: str) -> str:
+    """What makes two English sentences the same document for relevance."""
+    return " ".join(unicodedata.normalize("NFKC", text).split()).casefold()
 
 
-def ndcg10(qrels: dict, run: dict) -> float:
-    import ir_measures
-    from ir_measures import nDCG
+def _dataset(name: str, queries: list[Query], english: Sequence[str], ids: Sequence[str],
+             relevant_english: dict[str, str]) -> EvalDataset:
+    """Queries over an English corpus; a query's relevant set is every corpus document
+    whose sentence has the same :func:`sentence_key` as its English side."""
+    by_key: dict[str, list[str]] = {}
+    for doc_id, text in zip(ids, english, strict=True):
+        by_key.setdefault(sentence_key(text), []).append(doc_id)
+    qrels: Qrels = {q: dict.fromkeys(by_key[sentence_key(e)], 1)
+                    for q, e in relevant_english.items()}
 
-    return float(ir_measures.calc_aggregate([nDCG @ 10], qrels, run)[nDCG @ 10])
+    def corpus() -> Iterator[Document]:
+        for doc_id, text in zip(ids, english, strict=True):
+            yield Document(id=doc_id, text=text, lang="en")
 
-
-def read_trec_run(path: Path) -> dict[str, dict[str, float]]:
-    run: dict[str, dict[str, float]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        qid, _, doc, _, score, *_ = line.split()
-        run.setdefault(qid, {})[doc] = float(score)
-    return run
-
-
-def untrained_folder(encoder: str, head: str, seed: int) -> Path:
-    """A fresh MILCO from the two backbones (connector initialised with ``seed``), saved."""
-    import torch
-
-    from milco_os.modeling import MilcoModel
-
-    torch.manual_seed(seed)
-    model = MilcoModel.from_backbones(encoder, head, echo=False)
-    return model.save_pretrained(Path(tempfile.mkdtemp(prefix="milco-untrained-")))
+    return EvalDataset(name, tuple(queries), qrels, {None: corpus})
 
 
-def export(out: Path, ntrex: Path, langs: list[str], holdout: int) -> None:
-    """Write corpus.jsonl, queries.<lang>.tsv and qrels.<lang>.tsv for an engine run."""
-    out.mkdir(parents=True, exist_ok=True)
-    _, corpus = held_out(ntrex, langs[0], holdout)
-    with open(out / "corpus.jsonl", "w", encoding="utf-8") as f:
-        for i, text in enumerate(corpus):
-            f.write(json.dumps({"id": str(i), "text": text}, ensure_ascii=False) + "\n")
+def ntrex_heldout(holdout: Holdout, langs: Sequence[str]) -> EvalDataset:
+    """NTREX-128: held-out articles of every language against all English lines."""
+    mask = ntrex_heldout_mask(holdout.ntrex, holdout.ntrex_documents)
+    queries, relevant = [], {}
+    english: list[str] = []
     for lang in langs:
-        queries, _ = held_out(ntrex, lang, holdout)
-        qids = query_ids(lang, len(corpus), holdout)
-        (out / f"queries.{lang}.tsv").write_text(
-            "".join(f"{q}\t{t}\n" for q, t in zip(qids, queries, strict=True)), encoding="utf-8")
-        (out / f"qrels.{lang}.tsv").write_text(
-            "".join(f"{q}\t0\t{d}\t1\n" for q, docs in qrels_for(lang, len(corpus), holdout).items()
-                    for d in docs), encoding="utf-8")
+        english, translated = ntrex_lines(holdout.ntrex, LANGUAGES[lang][0])
+        for line in (i for i, held in enumerate(mask) if held):
+            qid = f"{lang}/{line}"
+            queries.append(Query(qid, translated[line], lang))
+            relevant[qid] = english[line]
+    return _dataset("ntrex128-heldout", queries, english, [str(i) for i in range(len(english))],
+                    relevant)
 
 
-def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
+def tatoeba_heldout(holdout: Holdout, langs: Sequence[str]) -> EvalDataset:
+    """Tatoeba: the last pairs of every language against the union of their English sides."""
+    queries, relevant = [], {}
+    english: dict[str, str] = {}  # sentence -> document id, in order of first appearance
+    for lang in langs:
+        eng, translated = tatoeba_lines(holdout.tatoeba, LANGUAGES[lang][1])
+        start = max(len(eng) - holdout.tatoeba_pairs, 0)
+        for line in range(start, len(eng)):
+            if not (eng[line].strip() and translated[line].strip()):
+                continue
+            qid = f"{lang}/{line}"
+            queries.append(Query(qid, translated[line], lang))
+            relevant[qid] = eng[line]
+            english.setdefault(eng[line].strip(), f"t{len(english)}")
+    return _dataset("tatoeba-heldout", queries, list(english), list(english.values()), relevant)
+
+
+def export(out: Path, datasets: dict[str, EvalDataset]) -> None:
+    """Each set as a BEIR folder: corpus.jsonl, queries.jsonl, qrels/test.tsv."""
+    for name, data in datasets.items():
+        folder = out / name
+        (folder / "qrels").mkdir(parents=True, exist_ok=True)
+        with (folder / "corpus.jsonl").open("w", encoding="utf-8") as f:
+            for doc in data.corpus(None)():
+                f.write(json.dumps({"_id": doc.id, "text": doc.text}, ensure_ascii=False) + "\n")
+        with (folder / "queries.jsonl").open("w", encoding="utf-8") as f:
+            for q in data.queries:
+                f.write(json.dumps({"_id": q.id, "text": q.text, "lang": q.lang},
+                                   ensure_ascii=False) + "\n")
+        (folder / "qrels" / "test.tsv").write_text(
+            "query-id\tcorpus-id\tscore\n" + "".join(
+                f"{q}\t{d}\t{r}\n" for q, docs in data.qrels.items() for d, r in docs.items()),
+            encoding="utf-8")
+
+
+def exact_rows(label: str, encoder: Any, data: EvalDataset) -> dict[str, ev.Evaluation]:
+    """``{"<label> [view]": evaluation}`` by exact dot products, one row per view."""
+    docs = list(data.corpus(None)())
+    doc_vectors = encoder.encode([d.text for d in docs], kind="document")
+    query_vectors = encoder.encode([q.text for q in data.queries], kind="query")
+    qids, doc_ids = [q.id for q in data.queries], [d.id for d in docs]
+    return {f"{label} [{view}]": ev.evaluate(
+                ev.exact_run(ev.exact_scores(query_vectors, doc_vectors, views), qids, doc_ids),
+                data.queries, data.qrels, [METRIC])
+            for view, views in VIEWS.items()}
+
+
+def engine_rows(label: str, encoder: Any, model: str, data: EvalDataset, index: str,
+                settings: Any) -> dict[str, ev.Evaluation]:
+    """The model's views and BM25 through one OpenSearch index built from ``data``."""
+    from milco_os.engines import open_engine
+
+    engine = open_engine(settings)
+    if engine.index_exists(index):  # built with another model: never reuse it
+        engine.delete_index(index)
+    sweep = ev.Sweep(engine, data, model=model, encoder=encoder, metrics=[METRIC],
+                     build=ev.BuildOptions(), log=lambda line: print(line, file=sys.stderr))
+    try:
+        rows = {f"{label} [{view}] (OpenSearch)": sweep.run(
+                    ev.System(index, views=SWEEP_VIEWS[view])).evaluation for view in VIEWS}
+        rows["BM25 (OpenSearch, same index)"] = sweep.run(ev.System(index, mode="bm25")
+                                                          ).evaluation
+    finally:
+        engine.delete_index(index)
+    return rows
+
+
+def table_record(rows: dict[str, ev.Evaluation], langs: Sequence[str]) -> dict[str, Any]:
+    record = {}
+    for label, evaluation in rows.items():
+        per_lang = {lang: evaluation.per_language[lang][METRIC] for lang in langs}
+        record[label] = {**per_lang, "mean": evaluation.average[METRIC]}
+    return record
+
+
+def markdown(name: str, record: dict[str, dict[str, float]], langs: Sequence[str],
+             data: EvalDataset) -> str:
+    n_queries = len(data.queries) // len(langs)
+    n_docs = sum(1 for _ in data.corpus(None)())
+    head = {"ntrex": f"NTREX-128 held-out articles: {n_queries} queries per language, "
+                     f"{n_docs:,} English lines",
+            "tatoeba": f"Tatoeba held-out pairs: {n_queries} queries per language, "
+                       f"{n_docs:,} distinct English sentences"}[name]
+    rows = [[label, *(values[lang] for lang in [*langs, "mean"])]
+            for label, values in record.items()]
+    return f"{METRIC}, X->English, {head}\n\n" + ev.markdown_table(
+        ["system", *langs, "mean"], rows)
+
+
+def margins(record: dict[str, dict[str, float]], label: str, langs: Sequence[str]
+            ) -> dict[str, float]:
+    """Row ``label`` minus BM25, per language and for the mean (the +0.15 goal)."""
+    bm25 = record["BM25 (OpenSearch, same index)"]
+    return {lang: record[label][lang] - bm25[lang] for lang in [*langs, "mean"]}
+
+
+def label_of(model: str) -> str:
+    """A model's row label: its folder and parent (``milco-small-sct/checkpoint-300``)."""
+    return f"{Path(model).parent.name}/{Path(model).name}"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", action="append", default=[], help="model folder (repeatable)")
-    parser.add_argument("--untrained", nargs=2, metavar=("ENCODER", "HEAD"),
-                        help="also evaluate a fresh MILCO built from these backbones")
-    parser.add_argument("--seed", type=int, default=42, help="connector init of --untrained")
-    parser.add_argument("--run", action="append", default=[], metavar="LABEL=PATTERN",
-                        help="external TREC runs, PATTERN with {lang} (e.g. BM25 from a cluster)")
-    parser.add_argument("--export", type=Path, help="write queries/corpus/qrels here and exit")
-    parser.add_argument("--ntrex", type=Path, default=DEFAULT_NTREX)
-    parser.add_argument("--langs", default=",".join(NTREX_CODES))
-    parser.add_argument("--holdout", type=int, default=200)
-    parser.add_argument("--json", type=Path, help="also write the table as JSON here")
-    parser.add_argument("--views", default="pivot+echo",
-                        help="comma-separated scorings, each a +-joined set of views, e.g. "
-                             "'pivot,echo,pivot+echo' for one row each (default pivot+echo)")
+    parser.add_argument("--engine-model", help="model searched through OpenSearch, with BM25 "
+                                               "on the same index [default: the last --model]")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                        help="training config whose holdouts define the sets")
+    parser.add_argument("--langs", default=",".join(LANGUAGES))
+    parser.add_argument("--sets", default=",".join(SETS))
+    parser.add_argument("--url", help="cluster for BM25 and the engine run [default: "
+                                      "MILCO_OS_URL]; without one only exact rows are given")
+    parser.add_argument("--index-prefix", default="xling-heldout")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for encoding")
+    parser.add_argument("--out", type=Path, help="write xling.json and xling.md here")
+    parser.add_argument("--export", type=Path, help="write the sets as BEIR folders and exit")
     args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except InputError as exc:
+        parser.exit(2, f"eval_xling: {exc}\n")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    langs = args.langs.split(",")
+    langs = [lang.strip() for lang in args.langs.split(",") if lang.strip()]
+    unknown = sorted(set(langs) - set(LANGUAGES))
+    sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+    if unknown or set(sets) - set(SETS):
+        raise InputError(f"--langs/--sets: unknown {sorted(set(sets) - set(SETS)) + unknown}; "
+                         f"languages are {', '.join(LANGUAGES)}, sets {', '.join(SETS)}")
+    holdout = Holdout.from_config(args.config)
+    builders = {"ntrex": ntrex_heldout, "tatoeba": tatoeba_heldout}
+    datasets = {name: builders[name](holdout, langs) for name in sets}
     if args.export:
-        export(args.export, args.ntrex, langs, args.holdout)
+        export(args.export, datasets)
         return {}
-    systems: dict[str, object] = {}
-    if args.untrained:
-        systems["untrained"] = untrained_folder(*args.untrained, args.seed)
-    systems.update({f"{Path(m).parent.name}/{Path(m).name}": Path(m) for m in args.model})
-    scorings = [tuple(v.split("+")) for v in args.views.split(",")]
-    table: dict[str, dict[str, float]] = {}
+    import torch
+
+    from milco_os.connection import ConnectionSettings
     from milco_os.encoder import SparseEncoder
 
-    for label, folder in systems.items():
-        encoder = SparseEncoder.from_pretrained(folder, device="cpu")
-        corpus = held_out(args.ntrex, langs[0], args.holdout)[1]
-        docs = encoder.encode(corpus, kind="document")
-        rows = {views: f"{label} [{'+'.join(views)}]" if len(scorings) > 1 else label
-                for views in scorings}
-        for row in rows.values():
-            table[row] = {}
-        for lang in langs:
-            queries = encoder.encode(held_out(args.ntrex, lang, args.holdout)[0], kind="query")
-            qids = query_ids(lang, len(corpus), args.holdout)
-            for views, row in rows.items():
-                run = run_from_scores(exact_scores(queries, docs, views), qids)
-                table[row][lang] = ndcg10(qrels_for(lang, len(corpus), args.holdout), run)
-    for item in args.run:
-        label, _, pattern = item.partition("=")
-        table[label] = {}
-        for lang in langs:
-            n_corpus = len(held_out(args.ntrex, lang, args.holdout)[1])
-            table[label][lang] = ndcg10(qrels_for(lang, n_corpus, args.holdout),
-                                        read_trec_run(Path(pattern.format(lang=lang))))
-    print_table(table, langs)
-    if args.json:
-        args.json.write_text(json.dumps(table, indent=2), encoding="utf-8")
-    return table
-
-
-def print_table(table: dict[str, dict[str, float]], langs: list[str]) -> None:
-    print("nDCG@10 (NTREX-128 held-out X -> English)")
-    print(f"{'system':<44}" + "".join(f"{lang:>7}" for lang in langs) + f"{'mean':>7}")
-    for label, row in table.items():
-        values = [row[lang] for lang in langs]
-        print(f"{label:<44}" + "".join(f"{v:>7.3f}" for v in values)
-              + f"{float(np.mean(values)):>7.3f}")
+    torch.set_num_threads(args.threads)
+    os.environ["MILCO_OS_THREADS"] = os.environ["MILCO_OS_BATCH_THREADS"] = str(args.threads)
+    if not args.model:
+        raise InputError("give --model (repeatable)")
+    models = {label_of(m): str(m) for m in args.model}
+    engine_model = args.engine_model or (args.model[-1] if args.model else None)
+    url = args.url or os.environ.get("MILCO_OS_URL")
+    rows: dict[str, dict[str, ev.Evaluation]] = {name: {} for name in sets}
+    started = time.time()
+    for label, folder in models.items():
+        encoder = ev.CachingEncoder(SparseEncoder.from_pretrained(folder, device="cpu"))
+        for name, data in datasets.items():
+            rows[name].update(exact_rows(label, encoder, data))
+            if url and folder == str(engine_model):
+                rows[name].update(engine_rows(label, encoder, folder, data,
+                                              f"{args.index_prefix}-{name}",
+                                              ConnectionSettings(url=url)))
+            print(f"{label} on {name}: done after {time.time() - started:.0f} s",
+                  file=sys.stderr)
+    record = {"metric": METRIC, "languages": langs, "config": str(args.config),
+              "command": " ".join(["python", "training/eval_xling.py", *sys.argv[1:]]),
+              "seconds": round(time.time() - started),
+              "sets": {name: table_record(r, langs) for name, r in rows.items()}}
+    if url and engine_model:
+        record["margin_over_bm25"] = {
+            name: margins(t, f"{label_of(engine_model)} [pivot+echo]", langs)
+            for name, t in record["sets"].items()}
+    text = "\n\n".join(markdown(name, record["sets"][name], langs, datasets[name])
+                       for name in sets)
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "xling.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
+        (args.out / "xling.md").write_text(text + "\n", encoding="utf-8")
+    return record
 
 
 if __name__ == "__main__":
