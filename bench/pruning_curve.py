@@ -1,13 +1,13 @@
 """Effectiveness vs document pruning on real data, and latency vs query pruning.
 
-1. nDCG@10 (ir-measures) of X->English retrieval on the NTREX-128 lines held out
-   of milco-small's training (training/eval_xling.py's protocol, exact dot
-   products) at several document pruning levels, against terms per document:
+1. nDCG@10 (ir-measures) of X->English retrieval on the NTREX-128 articles held out
+   of milco-small's training (training/eval_xling.py's set, exact dot products) at
+   several document pruning levels, against terms per document:
    ``bench/results/pruning_curve.json`` and ``pruning_curve.png``.
 2. Query latency p50 and recall@10 vs query terms, read from
    ``bench/results/query.json`` (``bench/run.py``): ``latency_vs_pruning.png``.
 
-    python bench/pruning_curve.py --model runs/milco-small-sap/checkpoint-525
+    python bench/pruning_curve.py --model runs/milco-small-sct/checkpoint-300
 """
 
 from __future__ import annotations
@@ -31,35 +31,33 @@ sys.path.insert(0, str(REPO))
 import eval_xling  # noqa: E402
 
 from milco_os.encoder import SparseEncoder  # noqa: E402
+from milco_os.evaluation import evaluate, exact_run, exact_scores  # noqa: E402
 from milco_os.pruning import Pruning  # noqa: E402
 
 LEVELS = ["none", "mass:0.3", "mass:0.5", "mass:0.7", "mass:0.85", "mass:0.95",
           "topk:128", "topk:64", "topk:32", "topk:16"]
-LANGS = ["zh", "ar", "hi", "ru", "th", "de", "es"]
 RESULTS = REPO / "bench" / "results"
 
 
-def effectiveness(model: str, holdout: int) -> dict[str, dict[str, float]]:
+def effectiveness(model: str, langs: list[str]) -> dict[str, dict[str, float]]:
+    data = eval_xling.ntrex_heldout(eval_xling.Holdout.from_config(eval_xling.DEFAULT_CONFIG),
+                                    langs)
     encoder = SparseEncoder.from_pretrained(model, device="cpu")
-    queries, english = {}, None
-    for lang in LANGS:
-        queries[lang], english = eval_xling.held_out(eval_xling.DEFAULT_NTREX, lang, holdout)
-    docs = encoder.encode(english, kind="document")
-    encoded_queries = {lang: encoder.encode(q, kind="query") for lang, q in queries.items()}
+    docs = list(data.corpus(None)())
+    doc_vectors = encoder.encode([d.text for d in docs], kind="document")
+    query_vectors = encoder.encode([q.text for q in data.queries], kind="query")
+    qids, doc_ids = [q.id for q in data.queries], [d.id for d in docs]
     table = {}
     for level in LEVELS:
-        pruned = [Pruning.parse(level).apply(v) for v in docs]
-        scores = []
-        for lang in LANGS:
-            matrix = eval_xling.exact_scores(encoded_queries[lang], pruned)
-            qids = eval_xling.query_ids(lang, len(english), holdout)
-            run = eval_xling.run_from_scores(matrix, qids)
-            scores.append(eval_xling.ndcg10(eval_xling.qrels_for(lang, len(english), holdout), run))
+        pruned = [Pruning.parse(level).apply(v) for v in doc_vectors]
+        result = evaluate(exact_run(exact_scores(query_vectors, pruned), qids, doc_ids),
+                          data.queries, data.qrels, [eval_xling.METRIC])
+        mean = result.average[eval_xling.METRIC]
         terms = np.mean([len(v.pivot) + len(v.echo) for v in pruned])
-        table[level] = {"ndcg@10": float(np.mean(scores)), "terms_per_doc": float(terms),
-                        **{f"ndcg@10_{lang}": float(s) for lang, s in zip(LANGS, scores,
-                                                                            strict=True)}}
-        print(f"{level:10s} terms/doc {terms:7.1f}  mean nDCG@10 {np.mean(scores):.3f}")
+        table[level] = {"ndcg@10": mean, "terms_per_doc": float(terms),
+                        **{f"ndcg@10_{lang}": scores[eval_xling.METRIC]
+                           for lang, scores in result.per_language.items()}}
+        print(f"{level:10s} terms/doc {terms:7.1f}  mean nDCG@10 {mean:.3f}")
     return table
 
 
@@ -75,7 +73,7 @@ def plot_effectiveness(table: dict[str, dict[str, float]], out: Path) -> None:
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("terms per document (pivot + echo)")
-    ax.set_ylabel("mean nDCG@10, X->English (NTREX-128 held out)")
+    ax.set_ylabel("mean nDCG@10, X->English (NTREX-128 held-out articles)")
     ax.set_title("milco-small: effectiveness vs document pruning")
     ax.legend()
     fig.tight_layout()
@@ -103,11 +101,12 @@ def plot_latency(query: dict, out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
-    parser.add_argument("--holdout", type=int, default=200)
+    parser.add_argument("--langs", default=",".join(eval_xling.LANGUAGES))
     args = parser.parse_args()
-    table = effectiveness(args.model, args.holdout)
+    table = effectiveness(args.model, args.langs.split(","))
     record = {"benchmark": "pruning_curve", "model": args.model,
-              "command": f"python bench/pruning_curve.py --model {args.model}", "levels": table}
+              "command": " ".join(["python", "bench/pruning_curve.py", *sys.argv[1:]]),
+              "levels": table}
     (RESULTS / "pruning_curve.json").write_text(json.dumps(record, indent=1))
     plot_effectiveness(table, RESULTS / "pruning_curve.png")
     plot_latency(json.loads((RESULTS / "query.json").read_text()),
