@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
+
+from milco_os.errors import InputError
 
 
 @click.group()
@@ -18,8 +21,13 @@ def model() -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Folder to write.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def init(preset: str, out_dir: str, seed: int) -> None:
+@click.option("--force", is_flag=True, help="Overwrite a folder that is not empty.")
+def init(preset: str, out_dir: str, seed: int, force: bool) -> None:
     """Write a randomly initialised MILCO in the released layout."""
+    out = Path(out_dir)
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise InputError(f"{out} is not empty (it may hold a trained model): give an empty "
+                         "or new folder, or pass --force to overwrite it")
     from milco_os.presets import init_model
 
     click.echo(str(init_model(preset, out_dir, seed=seed)))
