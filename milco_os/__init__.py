@@ -3,7 +3,7 @@
 Text flows one way, one module per arrow:
 
     text -> tokens -> model -> sparse vectors -> pruning -> engine documents / queries
-            encoder   modeling  sparse            pruning    documents, terms, query, engines
+            encoder   models    sparse            pruning    documents, terms, query, engines
 
 The main entry points are importable from here (lazily: ``import milco_os``
 does not import torch):
@@ -25,12 +25,12 @@ __version__ = "0.1.0"
 _LAZY = {
     "SparseEncoder": "milco_os.encoder",
     "Pruning": "milco_os.pruning",
-    "MilcoConfig": "milco_os.modeling",
-    "MilcoModel": "milco_os.modeling",
-    "MilcoOutput": "milco_os.modeling",
-    "SpladeModel": "milco_os.modeling",
-    "load_sparse_model": "milco_os.modeling",
-    "init_model": "milco_os.presets",
+    "MilcoConfig": "milco_os.models.milco",
+    "MilcoModel": "milco_os.models.milco",
+    "MilcoOutput": "milco_os.models.base",
+    "SpladeModel": "milco_os.models.splade",
+    "load_sparse_model": "milco_os.models.registry",
+    "init_model": "milco_os.models.presets",
     "open_engine": "milco_os.engines",
     "Searcher": "milco_os.search",
     "SearchOptions": "milco_os.search",
@@ -38,7 +38,6 @@ _LAZY = {
     "Ingestor": "milco_os.ingest",
     "IngestSpec": "milco_os.spec",
     "ConnectionSettings": "milco_os.connection",
-    "LocalCluster": "milco_os.cluster",
 }
 
 __all__ = ["SparseVector", "SparseView", "__version__", *_LAZY]

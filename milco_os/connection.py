@@ -1,7 +1,9 @@
 """How milco-os reaches a search cluster: URL, credentials, TLS.
 
 Settings come from (highest first) explicit arguments, environment variables,
-then the local cluster started by ``milco-os cluster up``:
+then a local cluster, through the hook :func:`use_local_cluster` (the command
+line installs :func:`milco_os.devcluster.endpoint`, the cluster started by
+``milco-os cluster up``):
 
 ==========================  =================================================
 ``MILCO_OS_URL``            cluster URL(s), comma-separated: ``https://a:9200,https://b:9200``
@@ -25,15 +27,49 @@ False
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+from milco_os.errors import InputError, ServiceError
 
 ENGINES = ("opensearch", "elasticsearch", "local")
 
 
-class ConnectionSettingsError(RuntimeError):
+class ConnectionSettingsError(InputError):
     """No cluster could be determined, or the settings are inconsistent."""
+
+
+class NoClusterError(ConnectionSettingsError):
+    """No URL was given and no local cluster is known (callers may use the local engine)."""
+
+
+class ClusterUnreachableError(ConnectionSettingsError, ServiceError):
+    """The local cluster that would be used was started but does not answer."""
+
+    exit_code = ServiceError.exit_code
+
+
+@dataclass(frozen=True)
+class LocalEndpoint:
+    """Where a local cluster answers, and how to log in to it."""
+
+    urls: tuple[str, ...]
+    engine: str = "opensearch"
+    user: str | None = None
+    password_file: str | None = None
+    ca_file: str | None = None
+
+
+_local_cluster: Callable[[], LocalEndpoint | None] | None = None
+
+
+def use_local_cluster(hook: Callable[[], LocalEndpoint | None] | None) -> None:
+    """Make :meth:`ConnectionSettings.resolved` use the cluster ``hook`` returns when no URL
+    is given (``None``: the hook returns no cluster; ``None`` as hook: no local cluster)."""
+    global _local_cluster
+    _local_cluster = hook
 
 
 def _read_secret(value: str | None, file: str | os.PathLike[str] | None, what: str
@@ -69,7 +105,8 @@ class ConnectionSettings:
             raise ConnectionSettingsError(
                 f"unknown engine {self.engine!r}; expected one of {ENGINES}")
         if self.password and not self.user:
-            raise ConnectionSettingsError("a password was given without a user (set MILCO_OS_USER)")
+            raise ConnectionSettingsError(
+                "a password was given without a user (give --user or set MILCO_OS_USER)")
 
     @classmethod
     def from_env(cls, **overrides: Any) -> ConnectionSettings:
@@ -80,37 +117,39 @@ class ConnectionSettings:
         env = os.environ
         password_file = overrides.pop("password_file", None) or env.get("MILCO_OS_PASSWORD_FILE")
         api_key_file = overrides.pop("api_key_file", None) or env.get("MILCO_OS_API_KEY_FILE")
-        settings = cls(
-            url=env.get("MILCO_OS_URL") or None,
-            engine=env.get("MILCO_OS_ENGINE", "opensearch"),
-            user=env.get("MILCO_OS_USER") or None,
-            password=_read_secret(env.get("MILCO_OS_PASSWORD"), password_file, "password"),
-            api_key=_read_secret(env.get("MILCO_OS_API_KEY"), api_key_file, "API key"),
-            ca_certs=env.get("MILCO_OS_CA_CERTS") or None,
-            verify_certs=env.get("MILCO_OS_INSECURE", "") not in ("1", "true", "yes"),
-            local_path=env.get("MILCO_OS_LOCAL_PATH") or None,
-        )
-        return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown connection settings {sorted(unknown)}")
+        values: dict[str, Any] = {
+            "url": env.get("MILCO_OS_URL") or None,
+            "engine": env.get("MILCO_OS_ENGINE", "opensearch"),
+            "user": env.get("MILCO_OS_USER") or None,
+            "password": _read_secret(env.get("MILCO_OS_PASSWORD"), password_file, "password"),
+            "api_key": _read_secret(env.get("MILCO_OS_API_KEY"), api_key_file, "API key"),
+            "ca_certs": env.get("MILCO_OS_CA_CERTS") or None,
+            "verify_certs": env.get("MILCO_OS_INSECURE", "") not in ("1", "true", "yes"),
+            "local_path": env.get("MILCO_OS_LOCAL_PATH") or None,
+        }
+        # Overrides join before the settings are checked: `--user` goes with a password file.
+        return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
 
     def resolved(self) -> ConnectionSettings:
-        """These settings, with the URL of the local cluster filled in when none was given."""
+        """These settings, with the local cluster's URL (and engine, and credentials when it
+        is secure) filled in when no URL was given."""
         if self.url or self.engine == "local":
             return self
-        from milco_os.cluster import LocalCluster
-
-        cluster = LocalCluster()
-        url = ",".join(cluster.hosts())
-        if not url:
-            raise ConnectionSettingsError(
+        local = _local_cluster() if _local_cluster is not None else None
+        if local is None:
+            raise NoClusterError(
                 "no cluster configured: pass --url, set MILCO_OS_URL, "
                 "or start a local one with `milco-os cluster up`"
             )
-        state = cluster.state()
-        if state.ca_file and not self.user:  # a secure local cluster: its own CA and admin
-            password = _read_secret(None, state.password_file, "password")
-            return replace(self, url=url, user=state.user, password=password,
-                           ca_certs=self.ca_certs or state.ca_file)
-        return replace(self, url=url)
+        settings = replace(self, url=",".join(local.urls), engine=local.engine)
+        if local.ca_file and not self.user:  # a secure local cluster: its own CA and admin
+            password = _read_secret(None, local.password_file, "password")
+            return replace(settings, user=local.user, password=password,
+                           ca_certs=self.ca_certs or local.ca_file)
+        return settings
 
     def client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments shared by the opensearch-py and elasticsearch clients."""

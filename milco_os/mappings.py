@@ -27,12 +27,13 @@ model, views, pruning and the milco-os version that built the index.
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection
 from typing import Any
 
 from milco_os import __version__
 from milco_os.sparse import VIEWS
 
-# Sub-field name -> built-in analyzer (OpenSearch analysis-common / Elasticsearch core).
+# Sub-field name -> built-in analyzer (both engines' `analysis-common` module).
 TEXT_ANALYZERS = {
     "en": "english",
     "cjk": "cjk",
@@ -51,23 +52,34 @@ _SPARSE_FIELD = {
 }
 
 
-def _text_field() -> dict[str, Any]:
-    subfields = {name: {"type": "text", "analyzer": a} for name, a in TEXT_ANALYZERS.items()}
-    return {"type": "text", "fields": subfields}
+def _text_field(analyzers: Collection[str] | None = None) -> dict[str, Any]:
+    """``text`` with one sub-field per language analyzer in ``analyzers`` (None: all)."""
+    subfields = {name: {"type": "text", "analyzer": a} for name, a in TEXT_ANALYZERS.items()
+                 if analyzers is None or a in analyzers}
+    return {"type": "text", "fields": subfields} if subfields else {"type": "text"}
 
 
-def mapping_template(engine: str) -> dict[str, Any]:
-    """The mappings of ``engine`` with an empty ``_meta`` (what the JSON files hold)."""
+def mapping_template(engine: str, analyzers: Collection[str] | None = None,
+                     prune_option: bool = True) -> dict[str, Any]:
+    """The mappings of ``engine`` with an empty ``_meta`` (what the JSON files hold).
+
+    ``analyzers``: the language analyzers the cluster has (None: all of them);
+    ``prune_option=False`` leaves out ``index_options``, which Elasticsearch before
+    8.19 (and 9.0) does not know, and where no index-time pruning exists to turn off.
+    """
     if engine not in _SPARSE_FIELD:
         raise ValueError(f"unknown engine {engine!r}; expected one of {tuple(_SPARSE_FIELD)}")
-    properties = {view: copy.deepcopy(_SPARSE_FIELD[engine]) for view in VIEWS}
+    sparse = copy.deepcopy(_SPARSE_FIELD[engine])
+    if not prune_option:
+        sparse.pop("index_options", None)
+    properties = {view: copy.deepcopy(sparse) for view in VIEWS}
     properties.update(
         {
             "doc_id": {"type": "keyword"},
             "passage": {"type": "integer"},
             "lang": {"type": "keyword"},
             "title": {"type": "text"},
-            "text": _text_field(),
+            "text": _text_field(analyzers),
             "extra": {"type": "object", "enabled": False},
         }
     )
@@ -98,9 +110,12 @@ def index_body(
     shards: int = 1,
     replicas: int = 0,
     refresh_interval: str | None = None,
+    analyzers: Collection[str] | None = None,
+    prune_option: bool = True,
 ) -> dict[str, Any]:
-    """The full create-index request body: settings plus mappings with ``_meta``."""
-    body = mapping_template(engine)
+    """The full create-index request body: settings plus mappings with ``_meta``
+    (``analyzers`` and ``prune_option`` as in :func:`mapping_template`)."""
+    body = mapping_template(engine, analyzers, prune_option)
     body["mappings"]["_meta"] = complete_meta(meta)
     settings: dict[str, Any] = {"number_of_shards": shards, "number_of_replicas": replicas}
     if refresh_interval is not None:

@@ -7,7 +7,9 @@ import urllib.request
 
 import pytest
 
-from milco_os.cluster import LocalCluster, _process_alive, cache_home
+from milco_os.devcluster import LocalCluster
+from milco_os.devcluster.artifacts import cache_home
+from milco_os.devcluster.nodes import process_alive
 
 pytestmark = pytest.mark.cluster
 
@@ -51,9 +53,9 @@ def test_down_stops_only_what_up_started(tmp_path, monkeypatch) -> None:
     assert cluster.url() == state.url
     assert cluster.status()["health"] == "green"
     node = state.nodes[0]
-    assert _process_alive(node.pid, node.folder)
+    assert process_alive(node.pid, node.folder)
     assert cluster.down() == [node.pid]
-    assert not _process_alive(node.pid, node.folder)
+    assert not process_alive(node.pid, node.folder)
     assert cluster.url() is None
     assert cluster.down() == []
 
@@ -74,14 +76,14 @@ def test_a_node_that_execs_is_never_taken_for_dead(tmp_path) -> None:
                             stdin=subprocess.DEVNULL)
     verdicts = []
     while proc.poll() is None:
-        verdicts.append(_process_alive(proc.pid, str(folder)))
+        verdicts.append(process_alive(proc.pid, str(folder)))
     assert generations.read_text().strip() == "400"
     assert verdicts.count(False) <= 1  # only a read after the last exit may say so
     assert len(verdicts) > 100
-    assert not _process_alive(proc.pid, str(folder))
+    assert not process_alive(proc.pid, str(folder))
     other = subprocess.Popen(["sleep", "1"], env={**env, "OPENSEARCH_PATH_CONF": "/elsewhere"})
     started = time.monotonic()
-    assert not _process_alive(other.pid, str(folder))  # a reused pid is not our node
+    assert not process_alive(other.pid, str(folder))  # a reused pid is not our node
     assert time.monotonic() - started < 1.0
     other.kill()
     other.wait()

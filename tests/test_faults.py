@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 from _ingest_helpers import write_corpus
 
-from milco_os.cluster import LocalCluster
 from milco_os.connection import ConnectionSettings
 from milco_os.corpus import read_files
+from milco_os.devcluster import LocalCluster
 from milco_os.engines import open_engine
 from milco_os.ingest import Ingestor, engine_id
 from milco_os.spec import BatchSizes, EngineSettings, IngestSpec

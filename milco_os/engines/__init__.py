@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from milco_os.connection import ConnectionSettings, ConnectionSettingsError
+from milco_os.connection import ConnectionSettings, NoClusterError
 from milco_os.engines.base import (
     BulkFailure,
     Engine,
     EngineError,
     Hit,
     IndexNotFoundError,
+    MissingAnalyzersWarning,
     TransientEngineError,
 )
 
@@ -28,6 +29,7 @@ __all__ = [
     "EngineError",
     "Hit",
     "IndexNotFoundError",
+    "MissingAnalyzersWarning",
     "TransientEngineError",
     "open_engine",
 ]
@@ -44,8 +46,10 @@ def open_engine(
     and ``local_path`` overrides ``settings.local_path``. ``"local"`` (or a
     ``local_path`` argument with no engine named) opens the on-disk index under
     that folder (default ``~/.cache/milco-os/local``). Otherwise the configured
-    cluster is used, and when none is configured or running and no engine was
-    named here, the local engine is the fallback.
+    cluster is used (see :meth:`ConnectionSettings.resolved`), and when none is
+    configured or started and no engine was named here, the local engine is the
+    fallback; a local cluster that was started but does not answer is an error, never
+    a silent switch to the local engine.
     """
     if engine not in (None, *ENGINE_NAMES):
         raise ValueError(f"unknown engine {engine!r}; expected one of {ENGINE_NAMES}")
@@ -60,7 +64,7 @@ def open_engine(
         settings = replace(settings, engine=engine)
     try:
         settings = settings.resolved()
-    except ConnectionSettingsError:
+    except NoClusterError:  # a cluster that was started but does not answer is an error
         if engine is not None:
             raise
         return _local(local_path)

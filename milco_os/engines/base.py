@@ -56,9 +56,16 @@ class BulkFailure:
 
 
 class EngineError(ServiceError):
-    """A request the engine refused; retrying it unchanged will not help."""
+    """A request the engine refused; retrying it unchanged will not help.
+
+    ``status`` is the HTTP status of the refusal, when there was one.
+    """
 
     exit_code = 1
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class TransientEngineError(EngineError):
@@ -69,6 +76,10 @@ class TransientEngineError(EngineError):
 
 class IndexNotFoundError(EngineError):
     """The index does not exist."""
+
+
+class MissingAnalyzersWarning(UserWarning):
+    """The cluster lacks the language analyzers: ``text`` is indexed with ``standard`` only."""
 
 
 class IndexExistsError(EngineError):

@@ -8,8 +8,10 @@ plus the flavour of mapping and query they speak.
 
 from __future__ import annotations
 
+import warnings
 from abc import abstractmethod
 from collections.abc import Sequence
+from functools import cached_property
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote
@@ -22,11 +24,12 @@ from milco_os.engines.base import (
     Hit,
     IndexExistsError,
     IndexNotFoundError,
+    MissingAnalyzersWarning,
     TransientEngineError,
     bulk_lines,
     check_index_name,
 )
-from milco_os.mappings import index_body
+from milco_os.mappings import TEXT_ANALYZERS, index_body
 from milco_os.query import SparseQuery, build_search_body
 from milco_os.retry import is_transient
 
@@ -46,12 +49,12 @@ def classify_error(method: str, path: str, status: int, error: Any) -> EngineErr
     message = f"{method} {path}: HTTP {status}: {reason.strip() or _status_reason(status)}"
     error_type = error.get("type") if isinstance(error, dict) else None
     if status == 404 and error_type == "index_not_found_exception":
-        return IndexNotFoundError(message)
+        return IndexNotFoundError(message, status)
     if status == 400 and error_type == "resource_already_exists_exception":
-        return IndexExistsError(message)
+        return IndexExistsError(message, status)
     if is_transient(status):
-        return TransientEngineError(message)
-    return EngineError(message)
+        return TransientEngineError(message, status)
+    return EngineError(message, status)
 
 
 def _status_reason(status: int) -> str:
@@ -71,7 +74,12 @@ def _path(index: str, *parts: str) -> str:
 class ClusterEngine(Engine):
     """An :class:`Engine` over a cluster's REST API."""
 
-    flavour: str  # the mapping and query dialect: "opensearch" | "elasticsearch"
+    flavour: str  # "opensearch" | "elasticsearch"
+
+    @property
+    def query_flavour(self) -> str:
+        """The query dialect (:data:`milco_os.query.FLAVOURS`) this cluster speaks."""
+        return self.flavour
 
     def __init__(self, settings: ConnectionSettings, client: Any | None = None) -> None:
         self.settings = settings
@@ -110,15 +118,39 @@ class ClusterEngine(Engine):
         refresh_interval: str | None = None,
         exist_ok: bool = False,
     ) -> None:
-        body = index_body(self.flavour, meta=meta, shards=shards, replicas=replicas,
-                          refresh_interval=refresh_interval)
         if exist_ok and self.index_exists(index):
             return
+        body = index_body(self.flavour, meta=meta, shards=shards, replicas=replicas,
+                          refresh_interval=refresh_interval, **self.mapping_options())
         try:
             self.request("PUT", _path(index), body)
         except IndexExistsError:  # created by a concurrent worker since the check above
             if not exist_ok:
                 raise
+
+    def mapping_options(self) -> dict[str, Any]:
+        """What the index mapping may use on this cluster (see :func:`index_body`)."""
+        if self.has_language_analyzers:
+            return {}
+        warnings.warn(MissingAnalyzersWarning(
+            "this cluster has no analysis-common module (no language analyzers): the "
+            f"text.{{{','.join(TEXT_ANALYZERS)}}} sub-fields are left out and BM25 (hybrid "
+            "search) matches text with the standard analyzer only"), stacklevel=3)
+        return {"analyzers": ()}
+
+    @cached_property
+    def has_language_analyzers(self) -> bool:
+        """Whether every node has the ``analysis-common`` module (assumed, when this user may
+        not list the nodes' modules: full distributions ship it)."""
+        try:
+            nodes = self.request("GET", "/_nodes/plugins")["nodes"].values()
+        except EngineError as exc:
+            if isinstance(exc, TransientEngineError):
+                raise
+            return True
+        return all(any(m.get("name") == "analysis-common"
+                       for m in [*node.get("modules", []), *node.get("plugins", [])])
+                   for node in nodes)
 
     def set_refresh_interval(self, index: str, interval: str | None) -> None:
         self.request("PUT", _path(index, "_settings"), {"index": {"refresh_interval": interval}})
@@ -182,8 +214,10 @@ class ClusterEngine(Engine):
     def _mget(self, index: str, ids: Sequence[str], source: bool) -> list[dict[str, Any]]:
         if not ids:
             return []
-        answer = self.request("POST", _path(index, "_mget"), {"ids": list(ids)},
-                              params={"_source": "true" if source else "false"})
+        params = {"_source": "true" if source else "false"}
+        if source:
+            params.update(self.source_params())
+        answer = self.request("POST", _path(index, "_mget"), {"ids": list(ids)}, params=params)
         return [doc for doc in answer["docs"] if doc.get("found")]
 
     def existing_ids(self, index: str, ids: Sequence[str]) -> set[str]:
@@ -191,6 +225,10 @@ class ClusterEngine(Engine):
 
     def get_sources(self, index: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         return {doc["_id"]: doc["_source"] for doc in self._mget(index, ids, source=True)}
+
+    def source_params(self) -> dict[str, str]:
+        """Extra parameters that make a get return the whole stored ``_source``."""
+        return {}
 
     def refresh(self, index: str) -> None:
         self.request("POST", _path(index, "_refresh"))
@@ -208,7 +246,7 @@ class ClusterEngine(Engine):
                 "mode 'neural-sparse' needs OpenSearch's neural-search plugin, which this "
                 "cluster lacks; the default mode computes the same scores without it"
             )
-        return build_search_body(query, k, flavour=self.flavour,
+        return build_search_body(query, k, flavour=self.query_flavour,
                                  max_clause_count=self.max_clause_count)
 
     def search(self, index: str, query: SparseQuery, k: int = 10) -> list[Hit]:

@@ -20,12 +20,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from milco_os.devcluster.errors import ClusterError
+
 SECURE_VERSION = "2.11.1"
 ADMIN_USER = "admin"
 NODE_DN = "CN=node,OU=milco-os,O=milco-os"
 
 
-class SecuritySetupError(RuntimeError):
+class SecuritySetupError(ClusterError):
     """The secure profile could not be prepared."""
 
 
