@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from milco_os.compatibility import check_index
 from milco_os.datasets import EvalDataset
 from milco_os.engines.base import Engine, EngineError
 from milco_os.errors import InputError, MilcoOSError
@@ -187,7 +188,9 @@ class Sweep:
     def _encoder(self, index: str) -> Any:
         if None in self.encoders:
             return self.encoders[None]
-        model = self.model or self.engine.meta(index).get("model")
+        meta = self.engine.meta(index)
+        check_index(index, meta, model=self.model)  # queries of another model score nothing
+        model = self.model or meta.get("model")
         if not model:
             raise InputError(f"index {index!r} records no model: give a model (--model)")
         return self._load(model)
