@@ -1,7 +1,7 @@
 """Text to sparse vectors: the inference API of MILCO (and English SPLADE) models.
 
 >>> import tempfile
->>> from milco_os.presets import init_model
+>>> from milco_os.models.presets import init_model
 >>> encoder = SparseEncoder.from_pretrained(init_model("tiny", tempfile.mkdtemp()))
 >>> [vector] = encoder.encode(["Baltimore: the greatest city"], kind="query")
 >>> len(vector.pivot) > 0 and len(vector.echo) > 0
@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from milco_os.modeling import SparseModel, load_sparse_model, resolve_model_dir
+from milco_os.models.base import SparseModel
+from milco_os.models.files import resolve_model_dir
+from milco_os.models.registry import load_sparse_model
 from milco_os.sparse import SparseVector, SparseView
 from milco_os.threads import encoding_threads
 
@@ -64,12 +66,12 @@ class SparseEncoder:
         self.device = device
         self.compute_dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         self.pad_id = _pad_id(tokenizer)
-        self.max_positions = _max_positions(model)
+        self.max_positions = model.max_input_positions
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None,
                         dtype: torch.dtype | None = None) -> SparseEncoder:
-        """Load a model folder and its tokenizers.
+        """Load a model folder (or a named model such as ``milco-small``) and its tokenizers.
 
         ``device``: default CUDA when available, else CPU. ``dtype``: the compute precision
         (default bf16 autocast on GPU, as the release encodes, and fp32 on CPU); the
@@ -81,7 +83,7 @@ class SparseEncoder:
         en = tokenizer if model.tokenizer_dirs.get("en") == model.tokenizer_dirs.get("m") else (
             _load_tokenizer(model.tokenizer_dirs.get("en"), "English (pivot)"))
         pivot_vocab = Vocabulary.from_tokenizer(en)
-        vocab_size = getattr(model.config, "en_vocab_size", None) or model.config.vocab_size
+        vocab_size = model.pivot_vocab_size
         if len(pivot_vocab) < vocab_size:
             raise ValueError(f"English tokenizer has {len(pivot_vocab)} pieces but the "
                              f"model's pivot vocabulary has {vocab_size}")
@@ -212,10 +214,3 @@ def _pad_id(tokenizer) -> int:
         if token_id is not None:
             return token_id
     return 0
-
-
-def _max_positions(model: SparseModel) -> int:
-    """Longest input the position embeddings allow (XLM-R reserves pad+1 positions)."""
-    config = model.m_model.config if hasattr(model, "m_model") else model.config
-    offset = config.pad_token_id + 1 if config.model_type == "xlm-roberta" else 0
-    return config.max_position_embeddings - offset

@@ -2,7 +2,7 @@
 
 The reference below reads the saved weights file itself and follows the model
 description step by step with plain tensor operations; it shares no code with
-``milco_os.modeling`` beyond the transformers XLM-R encoder.
+``milco_os.models`` beyond the transformers XLM-R encoder.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import XLMRobertaConfig, XLMRobertaModel
 
-from milco_os.modeling import MilcoModel
-from milco_os.presets import init_model, shared_dir
+from milco_os.models.milco import MilcoModel
+from milco_os.models.presets import init_model, shared_dir
 
 # ../shared beside the checkout; MILCO_OS_SHARED=/nonexistent runs the tests as without it.
 ASSETS = shared_dir()

@@ -14,7 +14,7 @@ from milco_os.corpus import read_files
 from milco_os.encoder import SparseEncoder
 from milco_os.engines import open_engine
 from milco_os.ingest import Ingestor
-from milco_os.presets import init_model
+from milco_os.models.presets import init_model
 from milco_os.pruning import Pruning
 from milco_os.spec import BatchSizes, IngestSpec
 

@@ -25,8 +25,8 @@ from milco_os.corpus import read_files
 from milco_os.encoder import SparseEncoder
 from milco_os.engines import open_engine
 from milco_os.ingest import Ingestor
-from milco_os.modeling import MilcoConfig, MilcoModel, tokenizer_dirs_for
-from milco_os.presets import init_model
+from milco_os.models.milco import MilcoConfig, MilcoModel, tokenizer_dirs_for
+from milco_os.models.presets import init_model
 from milco_os.search import Searcher
 from milco_os.spec import IngestSpec
 

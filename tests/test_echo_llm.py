@@ -19,10 +19,11 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from milco_os.echo_llm import EchoLlmConfig, EchoLlmModel, echo_inputs
-from milco_os.echo_presets import init_echo_model, train_tokenizer
 from milco_os.encoder import SparseEncoder
-from milco_os.modeling import load_sparse_model, masked_max_logits
+from milco_os.models.base import masked_max_logits
+from milco_os.models.echo_llm import EchoLlmConfig, EchoLlmModel, echo_inputs
+from milco_os.models.echo_presets import init_echo_model, train_tokenizer
+from milco_os.models.registry import load_sparse_model
 from milco_os.training.config import ConfigError, TrainConfig
 from milco_os.training.echo_llm import (
     EchoLlmContrastiveStage,
@@ -450,9 +451,10 @@ def test_echo_llm_vectors_index_and_search_in_opensearch(tiny, cluster_url):
 def test_the_sct_entry_point_selects_the_echo_llm_stage(tmp_path) -> None:
     import yaml as _yaml
 
+    from milco_os.training.build import build_stage
     from milco_os.training.config import TrainConfig
     from milco_os.training.echo_llm import EchoLlmContrastiveStage
-    from milco_os.training.stages import build_stage, build_student
+    from milco_os.training.stages import build_student
 
     repo = Path(__file__).resolve().parents[1]
     data = _yaml.safe_load((repo / "training/configs/echo-mistral-tiny.yaml").read_text())

@@ -13,14 +13,12 @@ from _model_helpers import ASSETS, SHARED, ReferenceMilco, make_tiny
 from safetensors.torch import load_file
 from transformers import BertConfig, BertForMaskedLM, XLMRobertaConfig, XLMRobertaModel
 
-from milco_os.modeling import (
-    CheckpointError,
-    MilcoModel,
-    SpladeModel,
-    load_sparse_model,
-    resolve_model_dir,
-)
-from milco_os.presets import init_model
+from milco_os.models.base import CheckpointError
+from milco_os.models.files import resolve_model_dir
+from milco_os.models.milco import MilcoModel
+from milco_os.models.presets import init_model
+from milco_os.models.registry import load_sparse_model
+from milco_os.models.splade import SpladeModel
 
 # Released keys outside the encoder (the spec's checkpoint table).
 HEAD_KEYS = {

@@ -23,11 +23,12 @@ from click.testing import CliRunner
 from transformers import BertConfig, BertForMaskedLM
 
 from milco_os.encoder import SparseEncoder
-from milco_os.modeling import MilcoModel
-from milco_os.presets import init_model
+from milco_os.models.milco import MilcoModel
+from milco_os.models.presets import init_model
 from milco_os.sparse import SparseVector, SparseView
+from milco_os.training.build import build_stage
 from milco_os.training.config import ConfigError, TrainConfig
-from milco_os.training.stages import AlignmentStage, ContrastiveStage, build_stage
+from milco_os.training.stages import AlignmentStage, ContrastiveStage
 from milco_os.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]

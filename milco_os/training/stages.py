@@ -10,7 +10,7 @@
 
 >>> from milco_os.training.config import TrainConfig
 >>> cfg = TrainConfig.from_file("training/configs/tiny.yaml")  # doctest: +SKIP
->>> stage = build_stage(cfg)  # doctest: +SKIP
+>>> stage = AlignmentStage(cfg)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -24,14 +24,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from milco_os.modeling import (
-    MilcoModel,
-    MilcoOutput,
-    SparseModel,
-    load_sparse_model,
-    model_output,
-    read_state_dict,
-)
+from milco_os.models.base import MilcoOutput, SparseModel, model_output
+from milco_os.models.files import read_state_dict
+from milco_os.models.milco import MilcoModel
+from milco_os.models.registry import load_sparse_model
 from milco_os.training.config import ConfigError, TrainConfig
 from milco_os.training.data import (
     DISTILLATION_COLUMNS,
@@ -82,7 +78,7 @@ def build_student(cfg: TrainConfig) -> SparseModel:
     if spec.get("encoder") and spec.get("head"):
         return MilcoModel.from_backbones(spec["encoder"], spec["head"], echo=False)
     if spec.get("preset"):
-        from milco_os.presets import init_model
+        from milco_os.models.presets import init_model
 
         rank = os.environ.get("RANK", "0")  # one folder per process: no concurrent writes
         folder = init_model(spec["preset"], Path(cfg.output_dir) / f"init-{rank}", seed=cfg.seed)
@@ -122,7 +118,8 @@ class _StageBase:
     """The student's forward pass, saving, loading and epochs, common to both stages."""
 
     cfg: TrainConfig
-    model: nn.Module
+    model: SparseModel
+    teacher: SparseModel | None = None
     dataset: Sequence[Any]
     cache: EncoderStateCache | None = None
 
@@ -164,7 +161,7 @@ class _StageBase:
 
     def to(self, device: torch.device) -> None:
         self.model.to(device)
-        if getattr(self, "teacher", None) is not None:
+        if self.teacher is not None:
             self.teacher.to(device)
 
     def set_epoch(self, epoch: int) -> None:
@@ -223,9 +220,8 @@ class AlignmentStage(_StageBase):
         self.teacher = load_sparse_model(os.path.expanduser(cfg.teacher))
         freeze(self.teacher)
         self.teacher.eval()  # the released code left the teacher's dropout on
-        if getattr(self.model, "echo", None) is not None:
-            freeze(self.model.echo)
-            self.model.scale.requires_grad_(False)
+        for parameter in self.model.echo_parameters():
+            parameter.requires_grad_(False)
         self.freeze_parts()
         self.dataset = torch.utils.data.ConcatDataset(
             [load_parallel_source(s) for s in sources])
@@ -298,12 +294,3 @@ def iter_rows(dataset: Sequence[Any]):
         else:
             yield from part
 
-
-def build_stage(cfg: TrainConfig) -> AlignmentStage | ContrastiveStage:
-    """The stage ``cfg.stage`` names, with its model, data and loss."""
-    torch.manual_seed(cfg.seed)  # fresh parts (connector, echo head) start the same every run
-    if cfg.stage == "sct" and cfg.model.get("kind") == "echo-llm":
-        from milco_os.training.echo_llm import EchoLlmContrastiveStage
-
-        return EchoLlmContrastiveStage(cfg)
-    return AlignmentStage(cfg) if cfg.stage == "sap" else ContrastiveStage(cfg)

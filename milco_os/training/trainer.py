@@ -227,7 +227,7 @@ class Trainer:
     Example (one process, a few steps of the tiny alignment config)::
 
         from milco_os.training.config import TrainConfig
-        from milco_os.training.stages import build_stage
+        from milco_os.training.build import build_stage
         cfg = TrainConfig.from_file("training/configs/tiny.yaml", ["max_steps=5"])
         Trainer(cfg, build_stage(cfg)).train()
     """

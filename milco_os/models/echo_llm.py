@@ -21,7 +21,7 @@ Folder layout (``save_pretrained``): ``config.json`` (``model_type: "echo-llm"``
 one), tokenizer files (``en_tokenizer/`` for the English head's).
 
 >>> import tempfile
->>> from milco_os.echo_presets import init_echo_model
+>>> from milco_os.models.echo_presets import init_echo_model
 >>> model = EchoLlmModel.from_pretrained(init_echo_model("tiny", tempfile.mkdtemp()))
 >>> ids = torch.tensor([[1, 40, 41, 42]])
 >>> out = model(ids, torch.ones_like(ids))
@@ -50,26 +50,30 @@ from transformers import (
 )
 from transformers.models.bert.modeling_bert import BertForMaskedLM, BertOnlyMLMHead
 
-from milco_os.modeling import (
-    EN_TOKENIZER_DIR,
+from milco_os.models.base import (
     CheckpointError,
-    MilcoOutput,
-    copy_tokenizers,
+    SparseModel,
+    load_english_head,
     masked_max_logits,
-    model_output,
+    tie_decoder_bias,
+)
+from milco_os.models.files import (
+    EN_TOKENIZER_DIR,
+    SAFETENSORS_NAME,
+    config_fields,
+    copy_tokenizers,
     resolve_model_dir,
+    save_safetensors,
 )
 
 ECHO_LLM_TYPE = "echo-llm"
 LLM_DIR = "llm"
 ADAPTER_DIR = "adapter"
 HEADS_NAME = "heads.safetensors"
-WEIGHTS_NAME = "model.safetensors"
 # Positions per chunk of head logits in the max-pooling (B x chunk x V floats at once).
 DEFAULT_POOLING_CHUNK = 16
 # The attention projections of the Mistral / Qwen2 / Llama families.
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
-_BOOKKEEPING = {"architectures", "transformers_version", "_name_or_path", "dtype", "torch_dtype"}
 
 
 class EchoLlmConfig(PretrainedConfig):
@@ -98,15 +102,13 @@ class EchoLlmConfig(PretrainedConfig):
     def llm(self) -> PretrainedConfig:
         if not self.llm_config or "model_type" not in self.llm_config:
             raise CheckpointError("echo-llm config has no llm_config with a model_type")
-        fields = {k: v for k, v in self.llm_config.items() if k not in _BOOKKEEPING}
-        return AutoConfig.for_model(**fields)
+        return AutoConfig.for_model(self.llm_config["model_type"],
+                                    **config_fields(self.llm_config))
 
     def head_config(self) -> BertConfig | None:
         if self.en_head_config is None:
             return None
-        fields = {k: v for k, v in self.en_head_config.items()
-                  if k not in _BOOKKEEPING | {"model_type"}}
-        return BertConfig(**fields)
+        return BertConfig(**config_fields(self.en_head_config))
 
     @property
     def vocab_size(self) -> int:
@@ -175,13 +177,8 @@ def echo_inputs(input_ids: Tensor, attention_mask: Tensor, bos_token_id: int | N
     return EchoInputs(ids, mask, sources)
 
 
-class EchoLlmModel(nn.Module):
-    """A causal LM used as a SPLADE encoder with echo pooling (see the module docstring).
-
-    Same API as :class:`~milco_os.modeling.MilcoModel` (``encode_states``,
-    ``pivot_from_states``, ``echo_from_states``, ``forward``), so the sparse encoder and
-    the training stages serve it unchanged.
-    """
+class EchoLlmModel(SparseModel):
+    """A causal LM used as a SPLADE encoder with echo pooling (see the module docstring)."""
 
     def __init__(self, config: EchoLlmConfig, llm: PreTrainedModel | None = None) -> None:
         super().__init__()
@@ -191,15 +188,23 @@ class EchoLlmModel(nn.Module):
             auto = AutoModelForCausalLM if head_config is None else AutoModel
             llm = auto.from_config(config.llm())
         self.llm: nn.Module = llm
-        self.pivot_vocab_size = config.vocab_size  # read per chunk of logits: kept, not derived
+        self._pivot_columns = config.vocab_size  # read per chunk of logits: kept, not derived
         hidden = self.backbone().config.hidden_size
         if head_config is None:
             self.projector = self.mlm_head = None
         else:
             self.projector = nn.Linear(hidden, head_config.hidden_size)
             self.mlm_head = BertOnlyMLMHead(head_config)
-            self.mlm_head.predictions.decoder.bias = self.mlm_head.predictions.bias
+            tie_decoder_bias(self.mlm_head)
         self.tokenizer_dirs: dict[str, Path] = {}
+
+    @property
+    def pivot_vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def max_input_positions(self) -> int:
+        return self.config.max_position_embeddings
 
     # ----- parts -----
     def backbone(self) -> PreTrainedModel:
@@ -246,7 +251,7 @@ class EchoLlmModel(nn.Module):
         if self.mlm_head is not None:
             return self.mlm_head(nn.functional.gelu(self.projector(hidden)))
         logits = self.backbone().get_output_embeddings()(hidden)
-        return logits[..., : self.pivot_vocab_size]
+        return logits[..., : self._pivot_columns]
 
     def pivot_from_states(self, hidden: Tensor, attention_mask: Tensor,
                           chunk_size: int | None = None) -> Tensor:
@@ -266,16 +271,6 @@ class EchoLlmModel(nn.Module):
             for start in range(0, hidden.shape[1], step)
         ]
         return functools.reduce(torch.maximum, chunks)
-
-    def echo_from_states(self, hidden: Tensor, attention_mask: Tensor) -> None:
-        """No source view: the pivot view is the whole vector."""
-        return None
-
-    def forward(self, input_ids: Tensor, attention_mask: Tensor,
-                chunk_size: int | None = None) -> MilcoOutput:
-        hidden = self.encode_states(input_ids, attention_mask)
-        logits = self.pivot_from_states(hidden, attention_mask, chunk_size)
-        return model_output(hidden, logits, None)
 
     # ----- building -----
     @classmethod
@@ -318,9 +313,7 @@ class EchoLlmModel(nn.Module):
             config.lsr_encoder_checkpoint = str(english_head)
         model = cls(config, llm)
         if english_head is not None:
-            head_state = {k: v.detach().clone() for k, v in splade.cls.state_dict().items()}
-            head_state["predictions.decoder.bias"] = head_state["predictions.bias"]
-            model.mlm_head.load_state_dict(head_state)
+            load_english_head(model.mlm_head, splade.cls)
             model.projector.to(llm.dtype), model.mlm_head.to(llm.dtype)
         model.tokenizer_dirs = {"m": folder, "en": Path(english_head or folder)}
         return model
@@ -332,7 +325,7 @@ class EchoLlmModel(nn.Module):
         state.setdefault("mlm_head.predictions.decoder.bias", state["mlm_head.predictions.bias"])
         heads = nn.ModuleDict({"projector": self.projector, "mlm_head": self.mlm_head})
         heads.load_state_dict(state, strict=True)
-        self.mlm_head.predictions.decoder.bias = self.mlm_head.predictions.bias
+        tie_decoder_bias(self.mlm_head)
 
     # ----- saving -----
     def save_pretrained(self, out_dir: str | Path,
@@ -342,8 +335,6 @@ class EchoLlmModel(nn.Module):
         ``state_dict`` (e.g. DeepSpeed's consolidated fp32 weights, with this module's
         key names) replaces the module's own weights in the saved copy.
         """
-        from safetensors.torch import save_file
-
         out = Path(out_dir)
         (out / LLM_DIR).mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().to("cpu") for k, v in (state_dict or self.state_dict()).items()}
@@ -355,10 +346,10 @@ class EchoLlmModel(nn.Module):
             llm_state = merge_lora(llm_state, lora.lora_alpha / lora.r)
             _save_adapter(lora, adapter, out / ADAPTER_DIR)
         self.backbone().config.save_pretrained(out / LLM_DIR)
-        save_file(_contiguous(llm_state), out / LLM_DIR / WEIGHTS_NAME, metadata={"format": "pt"})
+        save_safetensors(llm_state, out / LLM_DIR / SAFETENSORS_NAME)
         heads = {k: v for k, v in state.items() if k.startswith(("projector.", "mlm_head."))}
         if heads:
-            save_file(_contiguous(heads), out / HEADS_NAME, metadata={"format": "pt"})
+            save_safetensors(heads, out / HEADS_NAME)
         self.config.architectures = [type(self).__name__]
         self.config.save_pretrained(out)
         dirs = dict(self.tokenizer_dirs)
@@ -383,7 +374,7 @@ class EchoLlmModel(nn.Module):
                 raise CheckpointError(f"{folder / ADAPTER_DIR}: unexpected adapter keys "
                                       f"{result.unexpected_keys[:10]}")
         else:
-            self.backbone().load_state_dict(load_file(folder / LLM_DIR / WEIGHTS_NAME),
+            self.backbone().load_state_dict(load_file(folder / LLM_DIR / SAFETENSORS_NAME),
                                             strict=True)
         if self.mlm_head is not None:
             self.load_heads(folder / HEADS_NAME)
@@ -419,21 +410,14 @@ def merge_lora(state: Mapping[str, Tensor], scaling: float) -> dict[str, Tensor]
 
 def _save_adapter(lora, adapter: Mapping[str, Tensor], out: Path) -> None:
     """The peft adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``)."""
-    from safetensors.torch import save_file
-
     out.mkdir(parents=True, exist_ok=True)
     lora.save_pretrained(str(out))
     renamed = {f"base_model.model.{k.replace('.default.', '.')}": v for k, v in adapter.items()}
-    save_file(_contiguous(renamed), out / "adapter_model.safetensors", metadata={"format": "pt"})
+    save_safetensors(renamed, out / "adapter_model.safetensors")
 
 
 def _strip(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def _contiguous(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Independent contiguous copies (safetensors refuses tensors that share memory)."""
-    return {k: v.contiguous().clone() for k, v in state.items()}
 
 
 def _pad_token_id(config: PretrainedConfig) -> int:

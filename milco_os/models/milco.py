@@ -1,4 +1,4 @@
-"""The MILCO model (and plain English SPLADE) as PyTorch modules, in the released layout.
+"""The MILCO model as a PyTorch module, in the released layout.
 
 MILCO = a multilingual encoder (XLM-R architecture) whose states H feed
 
@@ -12,7 +12,7 @@ State-dict keys are exactly those of the released checkpoints (``m_model.*``,
 ``config.json`` alone; the weights are read once.
 
 >>> import tempfile
->>> from milco_os.presets import init_model
+>>> from milco_os.models.presets import init_model
 >>> folder = init_model("tiny", tempfile.mkdtemp())
 >>> model = MilcoModel.from_pretrained(folder)
 >>> out = model(torch.tensor([[0, 5, 6, 2]]), torch.ones(1, 4, dtype=torch.long))
@@ -22,38 +22,35 @@ True
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 import warnings
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import (
-    AutoConfig,
-    BertConfig,
-    PretrainedConfig,
-    XLMRobertaConfig,
-    XLMRobertaModel,
-)
+from transformers import AutoConfig, BertConfig, PretrainedConfig, XLMRobertaConfig, XLMRobertaModel
 from transformers.models.bert.modeling_bert import BertForMaskedLM, BertOnlyMLMHead
+
+from milco_os.models.base import (
+    CheckpointError,
+    SparseModel,
+    load_english_head,
+    tie_decoder_bias,
+)
+from milco_os.models.files import (
+    EN_TOKENIZER_DIR,
+    PICKLE_NAME,
+    SAFETENSORS_NAME,
+    config_fields,
+    copy_tokenizers,
+    read_state_dict,
+    resolve_model_dir,
+    save_safetensors,
+)
 
 logger = logging.getLogger(__name__)
 
-CONFIG_NAME = "config.json"
-SAFETENSORS_NAME = "model.safetensors"
-PICKLE_NAME = "pytorch_model.bin"
-EN_TOKENIZER_DIR = "en_tokenizer"
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "sentencepiece.bpe.model",
-    "vocab.txt",
-)
 # Keys of the English teacher kept in alignment checkpoints; not needed for inference.
 TEACHER_PREFIX = "en_lsr."
 DECODER_BIAS = "mlm_head.predictions.decoder.bias"
@@ -76,10 +73,6 @@ PAPER_ENCODER = {
 }
 PAPER_HEAD = {"vocab_size": 30522, "hidden_size": 768, "hidden_act": "gelu",
               "layer_norm_eps": 1e-12}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder or state dict does not match the model built from its config."""
 
 
 class MilcoConfig(PretrainedConfig):
@@ -112,13 +105,13 @@ class MilcoConfig(PretrainedConfig):
             "num_attention_heads": max(1, self.m_hidden_size // 64),
             "intermediate_size": 4 * self.m_hidden_size,
         })
-        return XLMRobertaConfig(**_config_fields(fields))
+        return XLMRobertaConfig(**config_fields(fields))
 
     def head_config(self) -> BertConfig:
         fields = dict(self.en_head_config or {
             **PAPER_HEAD, "vocab_size": self.en_vocab_size, "hidden_size": self.en_hidden_size,
         })
-        return BertConfig(**_config_fields(fields))
+        return BertConfig(**config_fields(fields))
 
 
 
@@ -127,62 +120,7 @@ class MilcoConfig(PretrainedConfig):
 AutoConfig.register(MilcoConfig.model_type, MilcoConfig, exist_ok=True)
 
 
-def _config_fields(fields: Mapping) -> dict:
-    """Drop bookkeeping entries of a saved config dict that are not constructor fields."""
-    skip = {"architectures", "model_type", "transformers_version", "_name_or_path", "dtype",
-            "torch_dtype"}
-    return {k: v for k, v in fields.items() if k not in skip}
-
-
-@dataclass
-class MilcoOutput:
-    """What :meth:`MilcoModel.forward` returns.
-
-    ``pivot_logits`` are RAW masked-max-pooled logits (no relu, no log1p), as the
-    alignment loss uses them; ``pivot = log1p(relu(pivot_logits))``. ``echo`` holds
-    one weight per position (``None`` for models without an echo head).
-    """
-
-    hidden_states: torch.Tensor  # [B, L, Hm]
-    pivot_logits: torch.Tensor  # [B, V_en]
-    pivot: torch.Tensor  # [B, V_en]
-    echo: torch.Tensor | None  # [B, L]
-
-
-def masked_max_logits(
-    head: Callable[[torch.Tensor], torch.Tensor],
-    hidden: torch.Tensor,
-    mask: torch.Tensor,
-    chunk_size: int | None = None,
-) -> torch.Tensor:
-    """``max over L of head(hidden) * mask``, computed ``chunk_size`` positions at a time.
-
-    A running maximum keeps memory at ``B x chunk x V`` instead of ``B x L x V``;
-    autograd flows through it (max picks one position per entry, like the full max).
-    Padding is multiplied by 0, not set to -inf, as in the released model.
-    """
-    length = hidden.shape[1]
-    step = length if chunk_size is None else max(1, chunk_size)
-    pooled: torch.Tensor | None = None
-    for start in range(0, length, step):
-        logits = head(hidden[:, start : start + step])
-        chunk_mask = mask[:, start : start + step]
-        if not bool(chunk_mask.all()):  # multiplying by ones changes nothing: skip it
-            logits = logits * chunk_mask[..., None].to(logits.dtype)
-        chunk_max = logits.amax(dim=1)
-        pooled = chunk_max if pooled is None else torch.maximum(pooled, chunk_max)
-    if pooled is None:
-        raise ValueError("cannot pool an empty sequence (length 0)")
-    return pooled
-
-
-def model_output(hidden: torch.Tensor, pivot_logits: torch.Tensor,
-                 echo: torch.Tensor | None) -> MilcoOutput:
-    """A :class:`MilcoOutput` from encoder states, raw pivot logits and echo weights."""
-    return MilcoOutput(hidden, pivot_logits, torch.log1p(torch.relu(pivot_logits)), echo)
-
-
-class MilcoModel(nn.Module):
+class MilcoModel(SparseModel):
     """MILCO: multilingual encoder + connector + English MLM head (+ LexEcho head)."""
 
     def __init__(self, config: MilcoConfig) -> None:
@@ -193,7 +131,7 @@ class MilcoModel(nn.Module):
         self.m_model = XLMRobertaModel(encoder_config, add_pooling_layer=True)
         self.projector = nn.Linear(encoder_config.hidden_size, head_config.hidden_size)
         self.mlm_head = BertOnlyMLMHead(head_config)
-        self.mlm_head.predictions.decoder.bias = self.mlm_head.predictions.bias
+        tie_decoder_bias(self.mlm_head)
         if config.echo:
             self.echo = nn.Linear(encoder_config.hidden_size, 1)
             self.scale = nn.Parameter(torch.ones(1))
@@ -202,6 +140,31 @@ class MilcoModel(nn.Module):
             self.scale = None
         # Where this model's tokenizers come from (a folder each); set by the loaders.
         self.tokenizer_dirs: dict[str, Path] = {}
+
+    # ----- what the model is -----
+    @property
+    def pivot_vocab_size(self) -> int:
+        return self.config.en_vocab_size
+
+    @property
+    def echo_vocab_size(self) -> int:
+        return self.config.m_vocab_size
+
+    @property
+    def max_input_positions(self) -> int:
+        """XLM-R position embeddings reserve ``pad + 1`` positions."""
+        encoder = self.m_model.config
+        return encoder.max_position_embeddings - (encoder.pad_token_id + 1)
+
+    @property
+    def has_echo(self) -> bool:
+        return self.echo is not None
+
+    def echo_scale(self) -> float | None:
+        return None if self.scale is None else float(self.scale.detach().float().reshape(-1)[0])
+
+    def echo_parameters(self) -> list[nn.Parameter]:
+        return [] if self.echo is None else [*self.echo.parameters(), self.scale]
 
     # ----- the math -----
     def encode_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -212,11 +175,6 @@ class MilcoModel(nn.Module):
         """English vocabulary logits per position: ``MLMHead(GELU(Linear(H)))``."""
         return self.mlm_head(nn.functional.gelu(self.projector(hidden)))
 
-    def pivot_from_states(self, hidden: torch.Tensor, attention_mask: torch.Tensor,
-                          chunk_size: int | None = None) -> torch.Tensor:
-        """RAW pivot logits, [B, V_en]: masked max over positions (no relu, no log1p)."""
-        return masked_max_logits(self.pivot_head, hidden, attention_mask, chunk_size)
-
     def echo_from_states(self, hidden: torch.Tensor,
                          attention_mask: torch.Tensor) -> torch.Tensor | None:
         """Echo weights per position, [B, L]: ``relu(EchoLinear(H)) * mask * scale``."""
@@ -224,12 +182,6 @@ class MilcoModel(nn.Module):
             return None
         weights = torch.relu(self.echo(hidden).squeeze(-1))
         return weights * attention_mask.to(weights.dtype) * self.scale
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                chunk_size: int | None = None) -> MilcoOutput:
-        hidden = self.encode_states(input_ids, attention_mask)
-        pivot_logits = self.pivot_from_states(hidden, attention_mask, chunk_size)
-        return model_output(hidden, pivot_logits, self.echo_from_states(hidden, attention_mask))
 
     # ----- building -----
     @classmethod
@@ -267,14 +219,12 @@ class MilcoModel(nn.Module):
             lsr_encoder_checkpoint=str(splade_path),
             en_vocab_size=head_cfg.vocab_size, m_vocab_size=enc_cfg.vocab_size,
             en_hidden_size=head_cfg.hidden_size, m_hidden_size=enc_cfg.hidden_size, echo=echo,
-            m_encoder_config=_config_fields(enc_cfg.to_dict()),
-            en_head_config=_config_fields(head_cfg.to_dict()),
+            m_encoder_config=config_fields(enc_cfg.to_dict()),
+            en_head_config=config_fields(head_cfg.to_dict()),
         )
         model = cls(config)
         model.m_model.load_state_dict(encoder.state_dict())
-        head_state = {k: v.detach().clone() for k, v in splade.cls.state_dict().items()}
-        head_state["predictions.decoder.bias"] = head_state["predictions.bias"]
-        model.mlm_head.load_state_dict(head_state)
+        load_english_head(model.mlm_head, splade.cls)
         model.tokenizer_dirs = {"m": Path(encoder_path), "en": Path(splade_path)}
         return model
 
@@ -298,15 +248,16 @@ class MilcoModel(nn.Module):
             self.load_state_dict(state, strict=True, assign=True)
         except RuntimeError as exc:  # shape mismatches
             raise CheckpointError(f"checkpoint does not match the MILCO config: {exc}") from None
-        self.mlm_head.predictions.decoder.bias = self.mlm_head.predictions.bias
+        tie_decoder_bias(self.mlm_head)
         _materialise_position_buffers(self.m_model)
         self.check_scale()
 
     def check_scale(self) -> None:
         """Warn when ``scale <= 0``: every echo weight would then be dropped."""
-        if self.scale is not None and float(self.scale.detach().float().reshape(-1)[0]) <= 0:
+        scale = self.echo_scale()
+        if scale is not None and scale <= 0:
             warnings.warn(
-                f"MILCO checkpoint has echo scale {float(self.scale.detach()[0]):.4g} <= 0: "
+                f"MILCO checkpoint has echo scale {scale:.4g} <= 0: "
                 "the source (echo) view will be empty",
                 stacklevel=3,
             )
@@ -326,10 +277,7 @@ class MilcoModel(nn.Module):
         self.config.save_pretrained(out)
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
         if safe_serialization:
-            from safetensors.torch import save_file
-
-            save_file({k: v.clone() for k, v in state.items()}, out / SAFETENSORS_NAME,
-                      metadata={"format": "pt"})
+            save_safetensors(state, out / SAFETENSORS_NAME)
         if pickle or not safe_serialization:
             torch.save(state, out / PICKLE_NAME)
         copy_tokenizers(self.tokenizer_dirs, out)
@@ -342,112 +290,6 @@ class MilcoModel(nn.Module):
         if self.echo is not None:
             counts["echo"] = sum(p.numel() for p in self.echo.parameters()) + 1
         return counts
-
-
-class SpladeModel(nn.Module):
-    """A plain English SPLADE model (BertForMaskedLM): the pivot view only, no echo.
-
-    Same API as :class:`MilcoModel`, so the encoder and training code serve both.
-    """
-
-    def __init__(self, mlm: BertForMaskedLM) -> None:
-        super().__init__()
-        self.mlm = mlm
-        self.config = mlm.config
-        self.tokenizer_dirs: dict[str, Path] = {}
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, *, device: str | torch.device | None = None,
-                        dtype: torch.dtype | None = None) -> SpladeModel:
-        folder = resolve_model_dir(path)
-        model = cls(BertForMaskedLM.from_pretrained(str(folder)))
-        model.tokenizer_dirs = {"m": folder, "en": folder}
-        model.eval()
-        return model.to(device=device, dtype=dtype)
-
-    def encode_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.mlm.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-    def pivot_head(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.mlm.cls(hidden)
-
-    def pivot_from_states(self, hidden: torch.Tensor, attention_mask: torch.Tensor,
-                          chunk_size: int | None = None) -> torch.Tensor:
-        return masked_max_logits(self.pivot_head, hidden, attention_mask, chunk_size)
-
-    def echo_from_states(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> None:
-        return None
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                chunk_size: int | None = None) -> MilcoOutput:
-        hidden = self.encode_states(input_ids, attention_mask)
-        logits = self.pivot_from_states(hidden, attention_mask, chunk_size)
-        return model_output(hidden, logits, None)
-
-    def save_pretrained(self, out_dir: str | Path, safe_serialization: bool = True) -> Path:
-        out = Path(out_dir)
-        self.mlm.save_pretrained(out, safe_serialization=safe_serialization)
-        copy_tokenizers({"m": self.tokenizer_dirs.get("m")}, out)
-        return out
-
-    def num_parameters_by_part(self) -> dict[str, int]:
-        return {"bert": sum(p.numel() for p in self.mlm.bert.parameters()),
-                "mlm_head": sum(p.numel() for p in self.mlm.cls.parameters())}
-
-
-SparseModel = MilcoModel | SpladeModel
-
-
-def load_sparse_model(path: str | Path, *, device: str | torch.device | None = None,
-                      dtype: torch.dtype | None = None) -> SparseModel:
-    """Load a MILCO (``model_type`` "milco") or English SPLADE (``"bert"``) folder."""
-    folder = resolve_model_dir(path)
-    model_type = json.loads((folder / CONFIG_NAME).read_text()).get("model_type")
-    if model_type == "milco":
-        return MilcoModel.from_pretrained(folder, device=device, dtype=dtype)
-    if model_type == "bert":
-        return SpladeModel.from_pretrained(folder, device=device, dtype=dtype)
-    if model_type == "echo-llm":  # imported here: milco_os.echo_llm builds on this module
-        from milco_os.echo_llm import EchoLlmModel
-
-        return EchoLlmModel.from_pretrained(folder, device=device, dtype=dtype)
-    raise CheckpointError(
-        f"{folder / CONFIG_NAME}: model_type {model_type!r} is not supported "
-        "(expected 'milco', 'bert' or 'echo-llm')"
-    )
-
-
-# ----- files -----
-def resolve_model_dir(path: str | Path, allow_patterns: list[str] | None = None) -> Path:
-    """A local folder as is; otherwise a hub id fetched with ``snapshot_download``."""
-    folder = Path(path).expanduser()
-    if folder.is_dir():
-        return folder
-    if folder.exists():
-        raise CheckpointError(f"{folder} is a file; expected a model folder")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(str(path), allow_patterns=allow_patterns))
-    except Exception as exc:  # offline, unknown id, no auth: all end the same way for the user
-        raise CheckpointError(
-            f"{path!s} is not a local folder and could not be fetched from the Hugging Face "
-            f"hub ({type(exc).__name__}: {exc}). Download it elsewhere and pass the folder."
-        ) from None
-
-
-def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
-    """The weights of a model folder: model.safetensors, else pytorch_model.bin (fp32 pickle)."""
-    if (folder / SAFETENSORS_NAME).is_file():
-        from safetensors.torch import load_file
-
-        return load_file(folder / SAFETENSORS_NAME)
-    if (folder / PICKLE_NAME).is_file():
-        state = torch.load(folder / PICKLE_NAME, weights_only=True, map_location="cpu")
-        if not isinstance(state, Mapping):
-            raise CheckpointError(f"{folder / PICKLE_NAME} does not hold a state dict")
-        return dict(state)
-    raise CheckpointError(f"{folder} has neither {SAFETENSORS_NAME} nor {PICKLE_NAME}")
 
 
 def _normalise_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -536,16 +378,3 @@ def tokenizer_dirs_for(folder: Path, config: MilcoConfig) -> dict[str, Path]:
         elif backbone:
             dirs[role] = Path(backbone)  # resolved (maybe downloaded) when first needed
     return dirs
-
-
-def copy_tokenizers(dirs: Mapping[str, Path | None], out: Path) -> None:
-    """Copy tokenizer files: the input tokenizer to ``out``, the English one to a subfolder."""
-    for role, source in dirs.items():
-        if source is None or not Path(source).is_dir():
-            continue
-        target = out if role == "m" else out / EN_TOKENIZER_DIR
-        target.mkdir(parents=True, exist_ok=True)
-        for name in TOKENIZER_FILES:
-            src = Path(source) / name
-            if src.is_file() and src.resolve() != (target / name).resolve():
-                shutil.copyfile(src, target / name)

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from transformers import MistralConfig, MistralForCausalLM
 
-from milco_os.echo_llm import EchoLlmConfig, EchoLlmModel, ensure_padding_token
-from milco_os.presets import shared_dir
+from milco_os.models.echo_llm import EchoLlmConfig, EchoLlmModel, ensure_padding_token
+from milco_os.models.presets import shared_dir
 
 ECHO_PRESETS = ("tiny", "small")
 TOKENIZER_PIECES = 1000

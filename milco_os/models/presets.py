@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from milco_os.modeling import MilcoConfig, MilcoModel
+from milco_os.models.milco import MilcoConfig, MilcoModel
 
 PRESETS = ("tiny", "small", "base")
 
@@ -42,7 +42,7 @@ _FALLBACK_TEXT = (
 def shared_dir() -> Path | None:
     """The ``shared/`` assets folder beside the checkout (or ``$MILCO_OS_SHARED``), if any."""
     env = os.environ.get("MILCO_OS_SHARED")
-    candidate = Path(env) if env else Path(__file__).resolve().parents[2] / "shared"
+    candidate = Path(env) if env else Path(__file__).resolve().parents[3] / "shared"
     return candidate if (candidate / "models").is_dir() else None
 
 
