@@ -1,13 +1,22 @@
-"""The local OpenSearch node is real and serves rank_features with linear scoring."""
+"""The local cluster: a real node with linear rank_features, data that survives `down`/`up`
+and a node's death, the default cluster of every command, one-line refusals."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 import urllib.request
+from pathlib import Path
 
 import pytest
+import yaml
+from _ingest_helpers import write_corpus
+from click.testing import CliRunner, Result
 
-from milco_os.devcluster import LocalCluster
+from milco_os.cli import main
+from milco_os.devcluster import ClusterError, LocalCluster, distribution, docker, java
 from milco_os.devcluster.artifacts import cache_home
 from milco_os.devcluster.nodes import process_alive
 
@@ -40,24 +49,154 @@ def test_linear_rank_feature_score_is_weight_times_boost(os_client, index_name: 
         assert scores[doc] == pytest.approx(weight * boost, rel=NINE_BIT_REL)
 
 
-def test_down_stops_only_what_up_started(tmp_path, monkeypatch) -> None:
-    """A cluster of its own: up prints a live URL, down leaves no node process behind."""
-    real_downloads = cache_home() / "downloads"  # reuse what the session already fetched
+@pytest.fixture
+def own_home(tmp_path, monkeypatch) -> dict[str, str]:
+    """State files of its own (the downloads the session fetched are reused) and no URL:
+    the environment of a user who only ran `milco-os cluster up`."""
+    real_downloads = cache_home() / "downloads"
     home = tmp_path / "home"
     home.mkdir()
     if real_downloads.exists():
         (home / "downloads").symlink_to(real_downloads)
-    monkeypatch.setenv("MILCO_OS_HOME", str(home))
-    cluster = LocalCluster(name="lifecycle")
-    state = cluster.up(nodes=1, heap="256m")
-    assert cluster.url() == state.url
-    assert cluster.status()["health"] == "green"
-    node = state.nodes[0]
-    assert process_alive(node.pid, node.folder)
-    assert cluster.down() == [node.pid]
-    assert not process_alive(node.pid, node.folder)
-    assert cluster.url() is None
+    env = {"MILCO_OS_HOME": str(home), "MILCO_OS_LOCAL_PATH": str(tmp_path / "local")}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MILCO_OS_URL", raising=False)
+    return env
+
+
+def cli(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args))
+
+
+def count(url: str, index: str) -> int:
+    with urllib.request.urlopen(f"{url}/{index}/_count") as resp:
+        return json.load(resp)["count"]
+
+
+def test_a_cluster_keeps_its_data_and_is_the_default(own_home, tmp_path, monkeypatch) -> None:
+    """`down`/`up` and a node's SIGTERM keep every index; without a URL, commands use the
+    cluster `up` started, and when it does not answer they say so instead of writing
+    elsewhere; `destroy` deletes the data on purpose."""
+    name = f"lifecycle-{os.getpid()}"
+    monkeypatch.setenv("MILCO_OS_CLUSTER", name)  # which cluster `cluster up` users mean
+    write_corpus(tmp_path / "c.jsonl", 5)
+    ingest = ["ingest", "--index", "keep", "--input", str(tmp_path / "c.jsonl"), "--quiet"]
+    up = cli("cluster", "up", "--name", name, "--heap", "256m", "--runtime", "local")
+    assert up.exit_code == 0, up.output
+    assert "OpenSearch 2.19.6" in up.stderr
+    cluster = LocalCluster(name)
+    try:
+        url = up.stdout.strip().splitlines()[-1]
+        done = cli(*ingest)
+        assert done.exit_code == 0, done.output
+        assert "into opensearch" in done.stderr and count(url, "keep") == 5
+        assert not Path(own_home["MILCO_OS_LOCAL_PATH"]).exists()  # not the local engine
+
+        node = cluster.state().nodes[0]
+        os.killpg(node.pid, signal.SIGSTOP)  # a node too busy to answer
+        try:
+            busy = cli(*ingest)
+        finally:
+            os.killpg(node.pid, signal.SIGCONT)
+        assert busy.exit_code != 0 and "does not answer" in busy.output
+        assert "Traceback" not in busy.output
+        assert not Path(own_home["MILCO_OS_LOCAL_PATH"]).exists()
+
+        assert cli("cluster", "down", "--name", name).exit_code == 0
+        again = cli("cluster", "up", "--name", name, "--heap", "256m", "--runtime", "local")
+        assert again.exit_code == 0, again.output
+        url = again.stdout.strip().splitlines()[-1]
+        assert count(url, "keep") == 5
+
+        node = cluster.state().nodes[0]
+        os.killpg(node.pid, signal.SIGTERM)
+        while process_alive(node.pid, node.folder):
+            time.sleep(0.2)
+        third = cli("cluster", "up", "--name", name, "--heap", "256m", "--runtime", "local")
+        assert third.exit_code == 0, third.output
+        assert count(third.stdout.strip().splitlines()[-1], "keep") == 5
+
+        other = cli("cluster", "up", "--name", name, "--runtime", "local")
+        assert other.exit_code != 0 and "already running" in other.output
+    finally:
+        destroyed = cli("cluster", "destroy", "--name", name)
+    assert destroyed.exit_code == 0 and "data deleted" in destroyed.output
+    assert not cluster.folder.exists() and cluster.state() is None
     assert cluster.down() == []
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--heap", "lots"], "--heap 'lots': expected a JVM size such as 512m or 2g"),
+    (["--heap", "0m"], "--heap '0m'"),
+    (["--secure", "--version", "2.19.6"], "--secure runs OpenSearch 2.11.1"),
+    (["--distribution", "elasticsearch", "--secure"], "has no secure profile"),
+    (["--distribution", "elasticsearch", "--version", "9.3.0"], "use one of 8.11.3"),
+    (["--version", "3.1.0"], "3.x starts at 3.3.0"),
+    (["--version", "lots"], "expected MAJOR.MINOR.PATCH"),
+    (["--nodes", "0"], "--nodes must be at least 1"),
+    (["--runtime", "docker", "--secure"], "--secure cannot be honoured by the docker runtime"),
+    (["--runtime", "docker", "--heap", "1g"], "--heap cannot be honoured by the docker runtime"),
+    (["--runtime", "docker", "--port", "9200"], "--port cannot be honoured"),
+    (["--runtime", "docker", "--setting", "a=b"], "--setting cannot be honoured"),
+    (["--runtime", "docker", "--version", "2.19.6"], "use --runtime local"),
+])
+def test_bad_cluster_options_get_one_line(own_home, args: list[str], message: str) -> None:
+    result = cli("cluster", "up", "--name", f"refused-{os.getpid()}", *args)
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1 and message in result.output
+    assert "Exception" not in result.output and "at java" not in result.output
+    assert not LocalCluster(f"refused-{os.getpid()}").folder.exists()  # nothing was started
+
+
+def test_data_made_another_way_is_not_started_on(own_home) -> None:
+    cluster = LocalCluster(f"layout-{os.getpid()}")
+    try:
+        cluster.folder.mkdir(parents=True)
+        cluster.layout_file.write_text(json.dumps({
+            "distribution": "elasticsearch", "version": "9.2.4", "nodes": 1, "secure": False,
+            "ports": [[None, None]], "started": True}))
+        result = cli("cluster", "up", "--name", cluster.name, "--runtime", "local")
+        assert result.exit_code == 2
+        assert "holds data made with distribution elasticsearch, version 9.2.4" in result.output
+        assert "cluster destroy" in result.output and cluster.layout_file.exists()
+    finally:
+        cluster.destroy()
+
+
+def test_a_missing_jdk_says_what_to_install(monkeypatch, tmp_path) -> None:
+    for variable in java.ENV_VARS:
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(java, "JDK_FOLDERS", (str(tmp_path / "none" / "*"),))
+    with pytest.raises(ClusterError, match="apt-get install openjdk-21-jdk-headless"):
+        distribution("opensearch", "3.3.2").java_home()
+
+
+def test_a_jdk_is_found_for_every_distribution() -> None:
+    """This machine has JDKs only in the system's JVM folder, not on JAVA_HOME."""
+    for name, version, low, high in (("opensearch", "2.19.6", 11, 23),
+                                     ("opensearch", "3.3.2", 21, None),
+                                     ("elasticsearch", "8.11.3", 17, 23),
+                                     ("elasticsearch", "9.2.4", 21, None)):
+        major = java.java_major(distribution(name, version).java_home())
+        assert low <= major and (high is None or major <= high), (name, version, major)
+
+
+def test_compose_images_are_versions_the_adapters_support() -> None:
+    compose = Path(__file__).resolve().parents[1] / "docker" / "compose.yml"
+    services = docker.services(compose)
+    assert {(s.distribution, s.nodes) for s in services} >= {
+        ("opensearch", 1), ("opensearch", 3), ("elasticsearch", 1)}
+    assert any(s.version.startswith("3.") for s in services if s.distribution == "opensearch")
+    for service in services:
+        distribution(service.distribution, service.version)  # refuses what is not supported
+    spec = yaml.safe_load(compose.read_text())["services"]
+    images = {s["image"] for s in spec.values() if "image" in s}
+    for service in services:  # every node of a multi-node service runs the same image
+        assert sum(service.version in image for image in images) >= 1
+    picked = docker.pick(compose, "elasticsearch", None, 1)
+    assert picked.port == 9202 and picked.version == "9.2.4"
 
 
 def test_a_node_that_execs_is_never_taken_for_dead(tmp_path) -> None:

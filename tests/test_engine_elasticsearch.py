@@ -1,6 +1,7 @@
-"""The Elasticsearch engine, offline: no Elasticsearch server can be run here, so the
-real ``elasticsearch`` client talks to a scripted node, and the tests check the
-requests it sends and how it reads the answers."""
+"""The Elasticsearch engine: the requests it sends (the real ``elasticsearch`` client
+talking to a scripted node, which can answer as any version), and what only
+Elasticsearch does, on real nodes: 9.2.4 and the lowest and highest 8.x supported
+(the contract shared with OpenSearch is in test_engine_contract.py)."""
 
 from __future__ import annotations
 
@@ -43,9 +44,20 @@ class ScriptedNode(BaseNode):
         return NodeApiResponse(meta, json.dumps(answer).encode())
 
 
-def engine_with(handler: Callable[[str, str, Any], Reply]) -> tuple[ElasticsearchEngine, list]:
+def engine_with(handler: Callable[[str, str, Any], Reply], version: str = "9.2.4"
+                ) -> tuple[ElasticsearchEngine, list]:
+    """An engine whose node answers ``GET /`` as ``version`` and the rest with ``handler``."""
     requests: list = []
-    node_class = type("Node", (ScriptedNode,), {"handler": staticmethod(handler),
+
+    def answer(method: str, target: str, body: Any) -> Reply:
+        probes = {"/": {"version": {"number": version}},  # not what the tests look at
+                  "/_nodes/plugins": {"nodes": {"n": {"modules": [{"name": "analysis-common"}]}}}}
+        if method == "GET" and target in probes:
+            requests.pop()
+            return 200, probes[target]
+        return handler(method, target, body)
+
+    node_class = type("Node", (ScriptedNode,), {"handler": staticmethod(answer),
                                                  "requests": requests})
     client = Elasticsearch("http://es.test:9200", node_class=node_class, max_retries=0)
     settings = ConnectionSettings(url="http://es.test:9200", engine="elasticsearch")
@@ -62,14 +74,40 @@ def vec(pivot: dict[str, float], echo: dict[str, float] | None = None) -> Sparse
 def test_create_index_sends_the_sparse_vector_mapping() -> None:
     engine, requests = engine_with(lambda m, t, b: (200, {"acknowledged": True}))
     engine.create_index("news", meta=META, shards=2)
-    method, target, headers, body = requests[0]
+    method, target, headers, body = requests[-1]
     assert (method, target) == ("PUT", "/news")
-    assert "compatible-with=9" in headers["content-type"]
+    assert headers["content-type"] == "application/json"  # 8.x refuses 9.x compatibility
     sent = json.loads(body)
     assert sent["mappings"]["properties"]["pivot"] == {"type": "sparse_vector",
                                                         "index_options": {"prune": False}}
     assert sent["mappings"]["_meta"]["model"] == "m"
     assert sent["settings"]["index"]["number_of_shards"] == 2
+
+
+@pytest.mark.parametrize(("version", "index_options"), [
+    ("8.11.3", None), ("8.18.0", None), ("8.19.21", {"prune": False}), ("9.0.8", None),
+    ("9.1.0", {"prune": False}), ("9.2.4", {"prune": False})])
+def test_prune_false_is_sent_where_index_time_pruning_exists(version, index_options) -> None:
+    engine, requests = engine_with(lambda m, t, b: (200, {"acknowledged": True}), version)
+    engine.create_index("news", meta=META)
+    sent = json.loads(requests[-1][3])["mappings"]["properties"]["pivot"]
+    assert sent == {"type": "sparse_vector", **({"index_options": index_options}
+                                                 if index_options else {})}
+
+
+def test_8x_searches_with_boosted_term_clauses_and_9x_asks_for_vectors() -> None:
+    answer = {"hits": {"hits": []}, "docs": []}
+    engine, requests = engine_with(lambda m, t, b: (200, answer), "8.19.21")
+    engine.search("news", SparseQuery(vec({"u.s": 2.0})))
+    assert json.loads(requests[-1][3])["query"]["bool"]["should"] == [
+        {"term": {"pivot": {"value": "u%2Es", "boost": 2.0}}}]
+    assert engine.max_clause_count == 1024
+    engine.get_sources("news", ["a"])
+    assert "_source_exclude_vectors" not in requests[-1][1]
+    engine, requests = engine_with(lambda m, t, b: (200, answer), "9.2.4")
+    engine.get_sources("news", ["a"])
+    assert "_source_exclude_vectors=false" in requests[-1][1]
+    assert engine.max_clause_count is None
 
 
 def test_bulk_sends_ndjson_and_reads_item_failures() -> None:

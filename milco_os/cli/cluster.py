@@ -13,6 +13,7 @@ import click
 
 from milco_os.devcluster import (
     DISTRIBUTIONS,
+    ClusterOptionError,
     ClusterState,
     LocalCluster,
     check_heap,
@@ -95,6 +96,8 @@ def up(name: str, dist_name: str, version: str | None, nodes: int, heap: str | N
     """Start a cluster, wait until it is green, and print its URL."""
     start = time.monotonic()
     extra = _settings(settings)
+    if nodes < 1:
+        raise ClusterOptionError("--nodes must be at least 1")
     if runtime == "docker" or (runtime == "auto" and compose_file.exists()
                                and docker.docker_available()):
         docker.refuse_unsupported({"--secure": secure, "--setting": extra, "--heap": heap,
