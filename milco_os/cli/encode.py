@@ -11,7 +11,8 @@ TOP_TERMS = 20
 
 
 @click.command()
-@click.option("--model", "model_path", required=True, help="Model folder (MILCO or SPLADE).")
+@click.option("--model", "model_path", default="milco-small", show_default=True,
+              help="Model folder, named model (milco-small) or hub id.")
 @click.option("--kind", type=click.Choice(["query", "document"]), default="query",
               show_default=True, help="Encode as queries (64 tokens) or documents (512).")
 @click.option("--prune", default="none", show_default=True,

@@ -51,8 +51,9 @@ def index() -> None:
 
 @index.command()
 @click.argument("name")
-@click.option("--model", required=True, help="Model folder or hub id the index is built with "
-                                             "(recorded in _meta; search uses it by default).")
+@click.option("--model", default="milco-small", show_default=True,
+              help="Model folder, named model or hub id the index is built with "
+                   "(recorded in _meta; search uses it by default).")
 @click.option("--views", default="pivot,echo", show_default=True, callback=_views,
               help="Sparse views stored.")
 @click.option("--pruning", default="none", show_default=True,
