@@ -64,7 +64,7 @@ class Passages:
 class IngestSpec:
     index: str
     source: Source = field(default_factory=Source)
-    model: str | None = None
+    model: str | None = "milco-small"  # the shipped model; `model: null` for pre-encoded corpora
     max_length: int | None = None
     passages: Passages = field(default_factory=Passages)
     prune: str = "none"
