@@ -208,14 +208,33 @@ class _Snapshot:
                 np.concatenate([_products(picked, columns), tail]))
 
 
+def _check_matrix(view: str, matrix: sp.csr_matrix, names: Sequence[str],
+                  ids: Sequence[str]) -> None:
+    """The checks of :func:`source_problem`, vectorised over one view's matrix."""
+    if len(names) < matrix.shape[1]:
+        raise EngineError(f"view {view!r}: {matrix.shape[1]} columns but {len(names)} terms")
+    bad = np.flatnonzero(~np.isfinite(matrix.data) | (matrix.data < FLOAT_MIN_NORMAL))
+    if len(bad):
+        row = int(np.searchsorted(matrix.indptr, bad[0], side="right") - 1)
+        raise EngineError(f"document {ids[row]!r}: field {view!r}: weight "
+                          f"{matrix.data[bad[0]]!r} is not finite or below Float.MIN_NORMAL")
+    for column in np.unique(matrix.indices):
+        if "." in names[column] or not names[column]:
+            raise EngineError(f"field {view!r}: feature name {names[column]!r} is empty or "
+                              "has a dot")
+
+
 def _products(matrices: dict[str, sp.csr_matrix],
               columns: dict[str, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """``sum over views of matrix[:, query columns] @ query weights`` (float64)."""
+    """``sum over views of matrix @ query`` (float64), the query made dense per view (one
+    pass over the matrix; selecting its query columns first would copy them)."""
     total = np.zeros(next(iter(matrices.values())).shape[0], dtype=np.float64)
     for view, matrix in matrices.items():
         cols, weights = columns[view]
         if len(cols):
-            total += matrix[:, cols] @ weights
+            query = np.zeros(matrix.shape[1], dtype=np.float64)
+            query[cols] = weights
+            total += matrix @ query
     return total
 
 
@@ -340,13 +359,49 @@ class LocalEngine(Engine):
             else:
                 accepted.append((doc_id, source))
         if accepted:
-            name = f"seg-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"  # unique across writers
-            self._write_segment(self._dir(index), name, accepted)
-            with self._locked(index):  # commit: later segments replace earlier ids
-                manifest = self._manifest(index)
-                manifest["segments"].append(name)
-                self._write_manifest(index, manifest)
+            self._commit_segment(index, self._segment_arrays(accepted), accepted)
         return failures
+
+    def _commit_segment(self, index: str, arrays: dict[str, np.ndarray],
+                        docs: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Write one segment, then name it in the manifest (later segments replace ids)."""
+        name = f"seg-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"  # unique across writers
+        directory = self._dir(index)
+        np.savez(directory / f"{name}.npz", **arrays)
+        with open(directory / f"{name}.jsonl", "w", encoding="utf-8") as out:
+            for doc_id, source in docs:
+                meta = {k: v for k, v in source.items() if k not in VIEWS}
+                out.write(json.dumps({"_id": doc_id, **meta}, ensure_ascii=False) + "\n")
+        with self._locked(index):
+            manifest = self._manifest(index)
+            manifest["segments"].append(name)
+            self._write_manifest(index, manifest)
+
+    def bulk_index_matrices(self, index: str, ids: Sequence[str],
+                            matrices: dict[str, sp.csr_matrix], terms: dict[str, Sequence[str]],
+                            sources: Sequence[dict[str, Any]] | None = None) -> None:
+        """Index pre-encoded vectors held as one CSR matrix per view (rows = ``ids``,
+        columns = ``terms[view]``) as one segment: what :meth:`bulk_index` does without
+        building a dict per document. ``sources``: the other fields of each document.
+        Refuses the whole batch (``EngineError`` naming the first bad value) when a
+        weight or a term is one a cluster would reject."""
+        self._manifest(index)
+        sources = sources or [{} for _ in ids]
+        if not len(ids) == len(sources) == next(iter(matrices.values())).shape[0]:
+            raise EngineError("ids, sources and matrix rows differ in number")
+        arrays: dict[str, np.ndarray] = {}
+        for view in VIEWS:
+            matrix = matrices.get(view, sp.csr_matrix((len(ids), 1), dtype=np.float32))
+            names = list(terms.get(view, [""]))[: matrix.shape[1]]
+            _check_matrix(view, matrix, names, ids)
+            used = np.unique(matrix.indices)  # keep only the terms some row has
+            remap = np.zeros(max(matrix.shape[1], 1), dtype=np.int64)
+            remap[used] = np.arange(len(used))
+            arrays[f"{view}_indptr"] = matrix.indptr.astype(np.int64)
+            arrays[f"{view}_indices"] = remap[matrix.indices]
+            arrays[f"{view}_data"] = matrix.data.astype(np.float32)
+            arrays[f"{view}_terms"] = np.array([names[c] for c in used], dtype=np.str_)
+        self._commit_segment(index, arrays, list(zip(ids, sources, strict=True)))
 
     @contextlib.contextmanager
     def _locked(self, index: str) -> Iterator[None]:
@@ -359,7 +414,7 @@ class LocalEngine(Engine):
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     @staticmethod
-    def _write_segment(directory: Path, name: str, docs: list[tuple[str, dict[str, Any]]]) -> None:
+    def _segment_arrays(docs: list[tuple[str, dict[str, Any]]]) -> dict[str, np.ndarray]:
         arrays: dict[str, np.ndarray] = {}
         for view in VIEWS:
             vocab = _Vocabulary()
@@ -370,11 +425,7 @@ class LocalEngine(Engine):
             arrays[f"{view}_indices"] = np.array([c for r in rows for c, _ in r], dtype=np.int64)
             arrays[f"{view}_data"] = np.array([w for r in rows for _, w in r], dtype=np.float32)
             arrays[f"{view}_terms"] = np.array(vocab.terms, dtype=np.str_)
-        np.savez(directory / f"{name}.npz", **arrays)
-        with open(directory / f"{name}.jsonl", "w", encoding="utf-8") as out:
-            for doc_id, source in docs:
-                meta = {k: v for k, v in source.items() if k not in VIEWS}
-                out.write(json.dumps({"_id": doc_id, **meta}, ensure_ascii=False) + "\n")
+        return arrays
 
     def existing_ids(self, index: str, ids: Sequence[str]) -> set[str]:
         row_of = self._snapshot(index).row_of
