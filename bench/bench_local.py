@@ -32,16 +32,16 @@ TARGET_RECALL = 0.99
 
 
 def build_index(engine, corpus: Vectors) -> float:
-    """Ingest ``corpus`` through ``bulk_index``, one segment per SEGMENT_DOCS; seconds."""
+    """Ingest ``corpus`` with ``bulk_index_matrices``, one segment per SEGMENT_DOCS; seconds."""
     tick = time.perf_counter()
     engine.create_index("bench", meta={"model": "bench", "views": ["pivot", "echo"],
                                        "pruning": "none"})
     for start in range(0, len(corpus), SEGMENT_DOCS):
-        rows = range(start, min(start + SEGMENT_DOCS, len(corpus)))
-        docs = [(f"d{row}", {"doc_id": f"d{row}", "passage": 0, **{
-            v: t for v, t in vector.items() if t}}) for row, vector in
-            zip(rows, corpus.dicts(rows), strict=True)]
-        assert not engine.bulk_index("bench", docs)
+        end = min(start + SEGMENT_DOCS, len(corpus))
+        ids = [f"d{row}" for row in range(start, end)]
+        engine.bulk_index_matrices(
+            "bench", ids, {v: m[start:end] for v, m in corpus.matrices.items()}, corpus.terms,
+            [{"doc_id": i, "passage": 0} for i in ids])
     return time.perf_counter() - tick
 
 
@@ -127,7 +127,7 @@ def main() -> None:
                         help="real documents encoded for the term statistics")
     parser.add_argument("--queries", type=int, default=100)
     args = parser.parse_args()
-    print(save_result("local_approximate",
+    print(save_result(f"local_approximate_{args.docs}",
                       run(args.model, args.docs, args.real, args.queries)))
 
 

@@ -84,16 +84,17 @@ def run_latency(quick: bool, model: Path) -> None:
 def run_local(quick: bool, model: Path) -> None:
     import bench_local
 
-    save_result("local_approximate", bench_local.run(model, SIZES["local"][not quick],
-                                                     REAL_DOCUMENTS[not quick], 100))
+    n = SIZES["local"][not quick]
+    save_result(f"local_approximate_{n}", bench_local.run(model, n, REAL_DOCUMENTS[not quick],
+                                                          100))
 
 
 def run_opensearch(quick: bool, model: Path) -> None:
     import bench_opensearch
 
-    save_result("opensearch", bench_opensearch.run(model, SIZES["opensearch"][not quick],
-                                                   REAL_DOCUMENTS[not quick], 100,
-                                                   100 if quick else 300))
+    n = SIZES["opensearch"][not quick]
+    save_result(f"opensearch_{n}", bench_opensearch.run(model, n, REAL_DOCUMENTS[not quick], 100,
+                                                        100))
 
 
 def run_startup(quick: bool, model: Path) -> None:
@@ -128,6 +129,13 @@ RUNNERS = {"encode": run_encode, "latency": run_latency, "local": run_local,
 def load(name: str) -> dict | None:
     path = RESULTS / f"{name}.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def sized(prefix: str) -> list[str]:
+    """Result names ``<prefix>_<size>``, smallest size first."""
+    names = [p.stem for p in RESULTS.glob(f"{prefix}_*.json")
+             if p.stem.rsplit("_", 1)[1].isdigit()]
+    return sorted(names, key=lambda n: int(n.rsplit("_", 1)[1]))
 
 
 def table_rows() -> list[list[str]]:
@@ -193,7 +201,7 @@ def new_rows() -> list[list[str]]:
                      f"fp32 policy {c['idle']['policy']['p50_ms']:.1f}",
                      f"{f['int8_vs_policy_p50_idle']:.2f}x, top-10 overlap "
                      f"{f['int8_top10_pivot_overlap']:.2f}", "-"])
-    if local := load("local_approximate"):
+    for local in map(load, sized("local_approximate")):
         f, n = local["figures"], local["settings"]["documents"]
         rows.append([f"local engine approximate (Seismic + exact re-score), {n:,} passages: "
                      "p50 / p95 ms, recall@10",
@@ -201,8 +209,8 @@ def new_rows() -> list[list[str]]:
                      f"{f['approximate_recall_at_10']:.3f} ({local['best_setting']})",
                      f"exact scan {f['exact_p50_ms']:.1f} ms p50",
                      f"{f['speedup_p50']:.1f}x faster", ">= 20x at recall >= 0.99 (1M)"])
-    if os_ := load("opensearch"):
-        rows += opensearch_rows(os_)
+    for result in map(load, sized("opensearch")):
+        rows += opensearch_rows(result)
     if start := load("startup"):
         f = start["figures"]
         rows.append(["CLI start-up: one-query `milco-os search --engine local` (s)",
@@ -279,9 +287,9 @@ def markdown(rows: list[list[str]]) -> str:
     header = ["benchmark", "milco-os", "baseline (same run)", "ratio", "goal"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell or "" for cell in row) + " |" for row in rows]
-    results = {name: r for name in ("encode_vs_st", "encode_vs_naive", "latency",
-                                    "local_approximate", "opensearch", "startup", "ingest",
-                                    "query", "scaling") if (r := load(name))}
+    names = ("encode_vs_st", "encode_vs_naive", "latency", *sized("local_approximate"),
+             *sized("opensearch"), "startup", "ingest", "query", "scaling")
+    results = {name: r for name in names if (r := load(name))}
     if results:
         machine = next(iter(results.values()))["machine"]
         lines += ["", f"Machine: {machine['cpu']}, {machine['cores']} cores, "
