@@ -72,11 +72,12 @@ def run(model: Path, n_docs: int, n_real: int, n_queries: int) -> dict:
         LocalEngine(root).build_approximate("bench")
         build_seconds = time.perf_counter() - tick
         sweep = {}
+        engine = LocalEngine(root)
+        engine.count("bench")
         for candidates, cut, heap in SWEEP:
-            settings = SearchSettings(candidates=candidates, query_cut=cut, heap_factor=heap)
-            engine = LocalEngine(root, search_settings=settings)
-            engine.count("bench")
-            calls = [lambda q=q, e=engine: e.search("bench", q, K) for q in queries]
+            engine.search_settings = SearchSettings(candidates=candidates, query_cut=cut,
+                                                    heap_factor=heap)
+            calls = [lambda q=q: engine.search("bench", q, K) for q in queries]
             found, ms = measure(calls)
             sweep[f"candidates={candidates} query_cut={cut} heap_factor={heap}"] = {
                 **latency_stats(ms), "recall_at_10": recall([[h.id for h in hs]
