@@ -33,6 +33,9 @@ TARGET_RECALL = 0.99
 
 def build_index(engine, corpus: Vectors) -> float:
     """Ingest ``corpus`` with ``bulk_index_matrices``, one segment per SEGMENT_DOCS; seconds."""
+    from milco_os.terms import encode_term
+
+    names = {view: [encode_term(t) for t in terms] for view, terms in corpus.terms.items()}
     tick = time.perf_counter()
     engine.create_index("bench", meta={"model": "bench", "views": ["pivot", "echo"],
                                        "pruning": "none"})
@@ -40,7 +43,7 @@ def build_index(engine, corpus: Vectors) -> float:
         end = min(start + SEGMENT_DOCS, len(corpus))
         ids = [f"d{row}" for row in range(start, end)]
         engine.bulk_index_matrices(
-            "bench", ids, {v: m[start:end] for v, m in corpus.matrices.items()}, corpus.terms,
+            "bench", ids, {v: m[start:end] for v, m in corpus.matrices.items()}, names,
             [{"doc_id": i, "passage": 0} for i in ids])
     return time.perf_counter() - tick
 

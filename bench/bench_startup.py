@@ -30,14 +30,16 @@ CLI = Path(sys.executable).with_name("milco-os")
 
 def local_index(model: Path, root: Path, n: int) -> None:
     """A local index of ``n`` real passages encoded by ``model`` (from the bench cache)."""
+    from milco_os.documents import build_source
     from milco_os.engines.local import LocalEngine
+    from milco_os.sparse import SparseVector
 
     real = encode_real(model, n)
     engine = LocalEngine(root)
     engine.create_index("startup", meta={"model": str(model.resolve()), "views": ["pivot", "echo"],
                                          "pruning": "none"})
-    docs = [(f"d{i}#0", {"doc_id": f"d{i}", "passage": 0, "text": real.texts[i],
-                         **{v: t for v, t in vector.items() if t}})
+    docs = [(f"d{i}#0", build_source(f"d{i}", 0, SparseVector.from_dict(vector),
+                                     text=real.texts[i]))
             for i, vector in enumerate(real.dicts())]
     assert not engine.bulk_index("startup", docs)
 
