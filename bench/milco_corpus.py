@@ -5,8 +5,8 @@ Tatoeba, CC BY 2.0 FR; every language side, de-duplicated, ~190k sentences), shu
 with a fixed seed so that any prefix mixes the languages, encoded with the model as
 documents. Encoding all of them on a busy 2-core machine takes hours, so the first
 ``n`` are encoded (in chunks cached under ``~/.cache/milco-os/bench``, so an
-interrupted run resumes). Queries are other sentences of the same shuffle (the
-last ones), encoded as queries.
+interrupted run resumes). Queries are other sentences of the same shuffle (counted
+from its end), encoded as queries.
 
 Synthetic ("drawn from the model's own term statistics"), per view, from the real
 document vectors: a document's number of terms is drawn from the real per-document
@@ -89,10 +89,11 @@ def model_key(model: Path) -> str:
 
 def encode_real(model: Path, n: int, kind: str = "document", from_end: bool = False,
                 max_length: int = 128) -> Vectors:
-    """The first (or, ``from_end``, the last) ``n`` shuffled sentences, encoded."""
+    """The first ``n`` shuffled sentences (``from_end``: the first ``n`` counted from the
+    end), encoded; a prefix of a longer run's, so the cached chunks serve any ``n``."""
     texts_all = sentences()
-    texts = texts_all[-n:] if from_end else texts_all[:n]
-    folder = CACHE / f"milco-{model_key(model)}-{kind}{'-end' if from_end else ''}"
+    texts = texts_all[::-1][:n] if from_end else texts_all[:n]
+    folder = CACHE / f"milco-{model_key(model)}-{kind}{'-from-end' if from_end else ''}"
     folder.mkdir(parents=True, exist_ok=True)
     encoder = None
     rows: list[dict] = []
