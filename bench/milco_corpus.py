@@ -9,12 +9,15 @@ interrupted run resumes). Queries are other sentences of the same shuffle (count
 from its end), encoded as queries.
 
 Synthetic ("drawn from the model's own term statistics"), per view, from the real
-document vectors: a document's number of terms is drawn from the real per-document
-term counts; its terms are drawn without repetition with probability proportional to
-their real document frequency; the weight of each term is one of the weights that
-term really had in some document, drawn uniformly. So lengths, the posting-list
-length distribution (Zipf-like, as in the real vectors) and each term's weight
-distribution are the model's; only co-occurrence between terms is not kept.
+document vectors: each document draws a size factor from the real per-document term
+counts (count / mean count) and holds each term with probability
+``min(1, document frequency of the term x size factor)``; the weight of each term is
+one of the weights that term really had in some document, drawn uniformly. So each
+term's document frequency (the posting-list lengths, Zipf-like as in the real
+vectors), the number of terms per document and each term's weight distribution are
+the model's; co-occurrence between terms is not kept, and only terms seen in the
+encoded real documents occur (with ~1,000 of them, the vocabulary is smaller and
+posting lists longer than a full encoding would give: slower for every engine alike).
 
     python bench/milco_corpus.py --model runs/milco-small-sap/checkpoint-200 --n 6000
 """
@@ -156,43 +159,40 @@ class TermStatistics:
 
 
 def synthetic(stats: TermStatistics, n: int, seed: int = 0) -> dict[str, sp.csr_matrix]:
-    """``n`` documents per view as CSR matrices over the real terms (columns = stats.terms)."""
+    """``n`` documents per view as CSR matrices over the real terms (columns = stats.terms).
+
+    Document i gets a size factor ``s_i`` = a real document's term count / the mean
+    count, and holds term t with probability ``min(1, df_t x s_i)`` (``df_t``: the
+    fraction of real documents holding t), so every term's document frequency and
+    the mean and spread of the term counts follow the real ones. Drawn term by term:
+    candidates with the largest probability, then thinned to each document's own.
+    """
     rng = np.random.default_rng(seed)
     out = {}
     for view in VIEWS:
-        p = stats.term_p[view]
-        if p.sum() == 0:
-            out[view] = sp.csr_matrix((n, len(p)), dtype=np.float32)
+        df = np.diff(stats.weight_start[view]) / len(stats.lengths[view])
+        if not df.any():
+            out[view] = sp.csr_matrix((n, len(df)), dtype=np.float32)
             continue
-        cdf = np.cumsum(p)
-        lengths = np.minimum(rng.choice(stats.lengths[view], size=n), int((p > 0).sum()))
-        indptr = np.zeros(n + 1, dtype=np.int64)
-        columns = []
-        for row, length in enumerate(lengths):
-            picked = _distinct_draw(rng, cdf, int(length))
-            columns.append(picked)
-            indptr[row + 1] = indptr[row] + len(picked)
-        indices = np.concatenate(columns) if columns else np.zeros(0, np.int64)
-        start, count = stats.weight_start[view][indices], np.diff(stats.weight_start[view])[indices]
-        data = stats.weights[view][start + (rng.random(len(indices)) * count).astype(np.int64)]
-        out[view] = sp.csr_matrix((data.astype(np.float32), indices.astype(np.int32), indptr),
-                                  shape=(n, len(p)))
+        size = rng.choice(stats.lengths[view], size=n) / stats.lengths[view].mean()
+        largest = size.max()
+        docs, indptr = [], [0]
+        for frequency in df:
+            ceiling = min(1.0, frequency * largest)
+            candidates = rng.choice(n, rng.binomial(n, ceiling), replace=False)
+            chance = np.minimum(1.0, frequency * size[candidates]) / max(ceiling, 1e-300)
+            picked = np.sort(candidates[rng.random(len(candidates)) < chance])
+            docs.append(picked)
+            indptr.append(indptr[-1] + len(picked))
+        rows = np.concatenate(docs).astype(np.int32)
+        terms = np.repeat(np.arange(len(df)), np.diff(indptr))
+        start, count = stats.weight_start[view][terms], np.diff(stats.weight_start[view])[terms]
+        data = stats.weights[view][start + (rng.random(len(terms)) * count).astype(np.int64)]
+        by_term = sp.csc_matrix((data.astype(np.float32), rows, np.array(indptr, np.int64)),
+                                shape=(n, len(df)))
+        out[view] = by_term.tocsr()
+        out[view].sort_indices()
     return out
-
-
-def _distinct_draw(rng: np.random.Generator, cdf: np.ndarray, length: int) -> np.ndarray:
-    """``length`` distinct columns, each drawn with probability ~ its frequency
-    (draws with repetition, then the first ``length`` distinct ones)."""
-    picked = np.zeros(0, dtype=np.int64)
-    draws = length
-    while len(picked) < length:
-        found = np.searchsorted(cdf, rng.random(2 * draws) * cdf[-1], side="right")
-        found = np.minimum(found, len(cdf) - 1)
-        merged = np.concatenate([picked, found])
-        _, first = np.unique(merged, return_index=True)
-        picked = merged[np.sort(first)]
-        draws *= 2
-    return np.sort(picked[:length])
 
 
 def synthetic_cached(model: Path, real: Vectors, n: int, seed: int = 0) -> Vectors:
