@@ -296,6 +296,10 @@ def model_card(model: NamedModel) -> str:
               f"sha256 {s['member_sha256'][:16]}..." for s in manifest["sources"].values()]
     lines.append(f"  - trained parts (connector, English head, LexEcho head, scale): "
                  f"in milco-os ({TRAINED_NAME}, Apache-2.0)")
+    parameters = manifest.get("parameters", {})
+    if parameters:
+        parts = ", ".join(f"{part} {count:,}" for part, count in parameters.items())
+        lines += ["", f"Parameters: {sum(parameters.values()):,} ({parts})"]
     sizes = manifest.get("sizes", {})
     lines += ["", "Sizes: " + ", ".join(f"{k} {v}" for k, v in sizes.items())
               if sizes else f"Sizes: trained parts {trained.stat().st_size / 1e6:.1f} MB"]

