@@ -84,10 +84,11 @@ class Vectors:
 
 
 def model_key(model: Path) -> str:
+    """Names the model's cache entries: its weights file's size and time (a copy made
+    with ``cp -a`` keeps them, so the cache survives a checkpoint being rotated away)."""
     weights = next(model.glob("model.safetensors"), None) or model / "config.json"
     stat = weights.stat()
-    return hashlib.sha1(f"{model.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
-                        ).hexdigest()[:10]
+    return hashlib.sha1(f"{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:10]
 
 
 def encode_real(model: Path, n: int, kind: str = "document", from_end: bool = False,
