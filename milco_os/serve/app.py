@@ -299,6 +299,8 @@ def create_app(config: ServeConfig, engine: Engine | None = None,
                 answer = build_search_body(query, k, flavour=flavour)
         except EngineError as exc:
             raise engine_failure(exc, "/dsl") from None
+        except ValueError as exc:  # a mode the flavour lacks
+            raise RequestError(f"/dsl: {exc}") from None
         return JSONResponse(answer)
 
     async def search(request: Request) -> Response:
