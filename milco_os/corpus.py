@@ -25,7 +25,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from milco_os.errors import InputError
+
 FIELDS = ("id", "text", "title", "lang")
+
+
+class CorpusFileError(InputError):
+    """An input file that cannot be read (missing, unsupported, corrupt), named in the message."""
+
+
+class MissingInputError(CorpusFileError, FileNotFoundError):
+    """An input file that does not exist."""
 
 
 @dataclass(frozen=True)
@@ -149,12 +159,16 @@ def _rows_jsonl(path: Path) -> Iterator[Mapping[str, Any] | RecordError]:
 def _rows_csv(path: Path) -> Iterator[Mapping[str, Any]]:
     delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
     with path.open(encoding="utf-8", newline="") as handle:
-        rows = csv.DictReader(handle, delimiter=delimiter)
+        # strict: an unterminated quote is an error, not a field that swallows the next records
+        rows = csv.DictReader(handle, delimiter=delimiter, strict=True)
         try:
             yield from rows
         except UnicodeDecodeError as exc:  # csv cannot resynchronise: stop with the place
-            raise ValueError(f"{path}: invalid UTF-8 after line {rows.line_num} (byte "
-                             f"{exc.start} of the chunk); fix or convert the file") from None
+            raise CorpusFileError(f"{path}: invalid UTF-8 after line {rows.line_num} (byte "
+                                  f"{exc.start} of the chunk); fix or convert the file") from None
+        except csv.Error as exc:
+            raise CorpusFileError(f"{path}: line {rows.line_num}: {exc} (an unterminated "
+                                  "quote?); fix the file") from None
 
 
 def _rows_parquet(path: Path, batch_size: int = 1024) -> Iterator[Mapping[str, Any]]:
@@ -171,12 +185,22 @@ READERS = {".jsonl": _rows_jsonl, ".json": _rows_jsonl, ".ndjson": _rows_jsonl,
 def _reader(path: Path):
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] in (".gz", ".bz2", ".xz"):
-        raise ValueError(f"{path}: compressed files are not supported; decompress first")
+        raise CorpusFileError(f"{path}: compressed files are not supported; decompress first")
     try:
         return READERS[suffixes[-1]]
     except (KeyError, IndexError):
-        raise ValueError(f"{path}: unsupported file type; expected one of "
-                         f"{sorted(READERS)}") from None
+        raise CorpusFileError(f"{path}: unsupported file type; expected one of "
+                              f"{sorted(READERS)}") from None
+
+
+def _rows(path: Path, reader) -> Iterator[Any]:
+    """``reader``'s rows; any failure to read names the file (e.g. a corrupt Parquet file)."""
+    try:
+        yield from reader(path)
+    except CorpusFileError:
+        raise
+    except Exception as exc:  # pyarrow, OSError, ...: the reader's own words, with the file
+        raise CorpusFileError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
 
 
 def read_files(paths: Sequence[str | Path], fields: FieldMap | None = None) -> Iterator[Record]:
@@ -186,8 +210,8 @@ def read_files(paths: Sequence[str | Path], fields: FieldMap | None = None) -> I
     readers = {p: _reader(p) for p in paths}  # fail on a bad name before reading anything
     for path in paths:
         if not path.is_file():
-            raise FileNotFoundError(f"input file not found: {path}")
-    return _number(((row, str(p)) for p in paths for row in readers[p](p)), fields)
+            raise MissingInputError(f"input file not found: {path}")
+    return _number(((row, str(p)) for p in paths for row in _rows(p, readers[p])), fields)
 
 
 def read_hub(dataset: str, config: str | None = None, split: str = "train",

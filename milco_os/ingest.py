@@ -3,10 +3,20 @@
 The pipeline streams the corpus (never holding it all), encodes passages in
 batches on the calling thread, and uploads on a background thread so that
 encoding and bulk requests overlap. Bulk requests are bounded by documents and
-bytes and retried with exponential backoff and jitter on 429/5xx/timeouts;
-documents the engine refuses are collected with their reason. Engine ids are
-deterministic (``<doc_id>#<passage>``), so a re-run overwrites instead of
-duplicating and ``resume=True`` skips what is already indexed.
+by the exact bytes of the body sent, and retried under :class:`~milco_os.retry.RetryPolicy`
+on 429/5xx/timeouts; documents the engine refuses (or a request it refuses
+whole, which is split until the refused document is found) are collected with
+their reason, so a bad record costs only itself. Engine ids are deterministic
+(``<doc_id>#<passage>``), so a re-run overwrites instead of duplicating and
+``resume=True`` skips what is already indexed.
+
+The model reads ``title + " " + text`` by default (``encode`` in the spec);
+each passage of a long document carries the document's title. An existing
+index is written only if its ``_meta`` matches the model, views and pruning in
+use (:func:`milco_os.compatibility.check_index`, unless ``force``). While
+loading, the index takes the spec's ``refresh_interval``; however the run ends
+(finished, refused, interrupted, a bad file), the interval it had before is
+restored and written documents are made visible.
 
 With a model, pass ``SparseEncoder.from_pretrained(spec.model)`` as the
 encoder; records that carry pre-encoded vectors need none:
@@ -34,28 +44,36 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
-from tenacity import (
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 from tqdm.auto import tqdm
 
+from milco_os.compatibility import check_index
 from milco_os.corpus import Document, Record, RecordError, read_files, read_hub, shard
 from milco_os.documents import build_source
-from milco_os.engines.base import BulkFailure, Engine, TransientEngineError
+from milco_os.engines.base import (
+    BulkFailure,
+    Engine,
+    EngineError,
+    TransientEngineError,
+    bulk_lines,
+    id_problem,
+)
+from milco_os.errors import InputError, MilcoOSError
 from milco_os.passages import PassageSplitter
+from milco_os.retry import RetryPolicy, is_transient
 from milco_os.sparse import VIEWS, SparseVector, SparseView
 from milco_os.spec import IngestSpec
 
 log = logging.getLogger(__name__)
 
 MAX_ERRORS_KEPT = 20
+# Statuses of a bulk request refused whole because of what it holds (a malformed action,
+# an id too long, a body too large): split it, so only the offending documents fail.
+WHOLE_REQUEST_REFUSALS = (400, 413)
 
 
-class IngestError(RuntimeError):
-    """Ingestion stopped (e.g. the cluster stayed unreachable); ``report`` says how far it got."""
+class IngestError(MilcoOSError, RuntimeError):
+    """Ingestion stopped (the cluster stayed unreachable, an input file is corrupt, a
+    signal); ``report`` says how far it got."""
 
     def __init__(self, message: str, report: IngestReport) -> None:
         super().__init__(message)
@@ -129,7 +147,7 @@ def read_source(spec: IngestSpec) -> Iterator[Record]:
     if spec.source.hub:
         return read_hub(spec.source.hub, spec.source.config, spec.source.split,
                         spec.source.fields)
-    raise ValueError(f"ingest spec for {spec.index!r} names no source: give files or hub "
+    raise InputError(f"ingest spec for {spec.index!r} names no source: give files or hub "
                      "(or --input FILE)")
 
 
@@ -149,74 +167,115 @@ class Ingestor:
         error_log: str | Path | None = None,
         max_attempts: int = 8,
         max_wait: float = 30.0,
+        force: bool = False,
     ) -> None:
         self.engine, self.spec, self.encoder, self.pruning = engine, spec, encoder, pruning
         self.resume, self.shard_of, self.progress = resume, shard_of, progress
         self.error_log = Path(error_log) if error_log else None
-        self.retrying = Retrying(
-            retry=retry_if_exception_type(TransientEngineError),
-            wait=wait_random_exponential(multiplier=0.5, max=max_wait),
-            stop=stop_after_attempt(max_attempts), reraise=True,
-        )
-        self.max_attempts, self.max_wait = max_attempts, max_wait
+        self.policy = RetryPolicy(attempts=max_attempts, max_wait=max_wait)
+        self.retrying = self.policy.retrying()
+        self.force = force
         tokenizer = getattr(encoder, "tokenizer", None)
         if spec.passages.window and tokenizer is None:
-            raise ValueError("passage splitting needs the model's tokenizer (give a model)")
+            raise InputError("passage splitting needs the model's tokenizer (give a model)")
         self.splitter = PassageSplitter(tokenizer, spec.passages.window, spec.passages.stride) \
             if spec.passages.window else None
 
     # ------------------------------------------------------------------ driver
 
     def run(self, records: Iterable[Record]) -> IngestReport:
+        """Ingest ``records``; :class:`IngestError` (with the report) if the run stops early."""
         report = IngestReport(self.spec.index)
         start = time.monotonic()
         try:
-            self.retrying(self._ensure_index)
+            resting = self.retrying(self._ensure_index, report)
         except TransientEngineError as exc:
-            raise IngestError(f"cannot reach the cluster ({self.max_attempts} attempts): {exc}",
-                              report) from exc
+            raise IngestError(f"cannot reach the cluster ({self.policy.attempts} attempts): "
+                              f"{exc}", report) from exc
+        unreachable = False
+        try:
+            self._load(records, report)
+        except IngestError as exc:
+            unreachable = isinstance(exc.__cause__, TransientEngineError)
+            raise
+        finally:
+            report.seconds = time.monotonic() - start
+            self._finish(resting, report, patient=not unreachable)
+        return report
+
+    def _load(self, records: Iterable[Record], report: IngestReport) -> None:
         sink = self.error_log.open("a", encoding="utf-8") if self.error_log else None
         uploader = _Uploader(self, report, sink)
         bar = tqdm(desc=f"ingest {self.spec.index}", unit="doc", disable=not self.progress,
                    dynamic_ncols=True)
+        stopped: IngestError | None = None
         try:
             for batch in self._batches(shard(records, *self.shard_of), report, sink):
-                sources = self._encode(batch, report, sink)
-                uploader.put(sources)
-                bar.update(len(batch))
-                bar.set_postfix(indexed=report.indexed, skipped=report.skipped,
-                                failed=report.failed, refresh=False)
+                uploader.put(self._encode(batch, report, sink))
+                self._show(bar, report)
+        except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM turned into one by the CLI
+            stopped = IngestError(f"ingest of {self.spec.index!r} interrupted "
+                                  f"({exc or 'SIGINT'}); re-run with --resume", report)
+        except IngestError:
+            raise
+        except MilcoOSError as exc:  # e.g. a corrupt input file: it names itself
+            stopped = IngestError(f"ingest of {self.spec.index!r} stopped: {exc}", report)
         finally:
             uploader.close()
+            self._show(bar, report)
             bar.close()
             if sink is not None:
                 sink.close()
-            report.seconds = time.monotonic() - start
+        if stopped is not None:
+            raise stopped
         if uploader.error is not None:
             raise IngestError(f"ingest of {self.spec.index!r} stopped: {uploader.error}. "
                               "Fix the cause and re-run with --resume.", report) \
                 from uploader.error
-        self.engine.refresh(self.spec.index)
-        report.index_bytes = self.engine.index_info(self.spec.index).get("store_bytes")
-        return report
 
-    def _ensure_index(self) -> None:
+    @staticmethod
+    def _show(bar: tqdm, report: IngestReport) -> None:
+        """The bar counts records read, as the report does."""
+        bar.update(report.read - bar.n)
+        bar.set_postfix(indexed=report.indexed, skipped=report.skipped, failed=report.failed,
+                        refresh=False)
+
+    def _finish(self, resting: str | None, report: IngestReport, patient: bool) -> None:
+        """Restore the refresh interval and make the written documents visible (one try
+        only, not ``patient``, when the cluster just stayed unreachable through the retries)."""
+        def call(method: Any, *args: Any) -> Any:
+            return self.retrying(method, *args) if patient else method(*args)
+
+        try:
+            call(self.engine.set_refresh_interval, self.spec.index, resting)
+            call(self.engine.refresh, self.spec.index)
+            info = call(self.engine.index_info, self.spec.index)
+        except EngineError as exc:  # the run's own error, if any, says more
+            log.warning("could not restore the refresh interval of %r: %s", self.spec.index, exc)
+            return
+        report.index_bytes = info.get("store_bytes")
+
+    def _ensure_index(self, report: IngestReport) -> str | None:
+        """Create the index if needed, check that it fits, and set the bulk refresh interval;
+        returns the interval to restore at the end."""
         index, spec = self.spec.index, self.spec
         if self.engine.health() == "red":  # writes would hang, then fail shard by shard
             raise IngestError("cluster health is red: some primary shards are unassigned; "
                               "fix the cluster (GET _cluster/allocation/explain) and re-run",
-                              IngestReport(index))
-        if not self.engine.index_exists(index):
-            meta = spec.describe()
-            self.engine.create_index(index, meta=meta, shards=spec.engine.shards,
-                                     replicas=spec.engine.replicas,
-                                     refresh_interval=spec.engine.refresh_interval, exist_ok=True)
-            return
-        recorded = self.engine.meta(index).get("model")
-        if spec.model and recorded and recorded != spec.model:
-            raise ValueError(f"index {index!r} holds vectors of model {recorded!r}, not "
-                             f"{spec.model!r}: mixing models gives meaningless scores. "
-                             "Use another index name or delete this one first.")
+                              report)
+        # exist_ok: concurrent --shard workers all try; the loser checks the winner's _meta.
+        self.engine.create_index(index, meta=spec.describe(), shards=spec.engine.shards,
+                                 replicas=spec.engine.replicas, exist_ok=True)
+        info = self.engine.index_info(index)
+        for warning in check_index(index, info["meta"], force=self.force, model=spec.model,
+                                   views=spec.views, pruning=spec.prune):
+            log.warning("%s (forced)", warning)
+        resting = info["settings"].get("refresh_interval")
+        if resting == spec.engine.refresh_interval:
+            resting = None  # left by a concurrent or interrupted run: restore the default
+        if spec.engine.refresh_interval is not None:
+            self.engine.set_refresh_interval(index, spec.engine.refresh_interval)
+        return resting
 
     # ------------------------------------------------------------------ stages
 
@@ -237,8 +296,14 @@ class Ingestor:
             in_batch[record.id] = record.position
             texts = self.splitter(record.text) if self.splitter and not record.vectors \
                 else [record.text]
+            ids = [engine_id(record.id, number) for number in range(len(texts))]
+            if problem := id_problem(ids[-1]):  # the engine would refuse the whole request
+                report.invalid += 1
+                report.record_error(str(RecordError(record.position, record.id[:64] + "...",
+                                                    "id", problem)), sink)
+                continue
             for number, text in enumerate(texts):
-                batch.append(_Passage(engine_id(record.id, number), record, number, text))
+                batch.append(_Passage(ids[number], record, number, text))
             report.passages += len(texts)
             if len(batch) >= size:
                 yield from self._unseen(batch, report)
@@ -272,9 +337,14 @@ class Ingestor:
             except ValueError as exc:
                 report.record_error(f"document {doc.id!r} passage {passage.number}: {exc}", sink)
                 continue
+            try:
+                size = len(bulk_lines(self.spec.index, passage.id, source))
+            except ValueError as exc:  # NaN/inf reached the source: not JSON
+                report.record_error(f"document {doc.id!r} passage {passage.number}: {exc}", sink)
+                continue
             for view in VIEWS:
                 report.terms[view].append(len(source[view]))
-            sources.append((passage.id, source, _estimated_bytes(source)))
+            sources.append((passage.id, source, size))
         return sources
 
     def _vectors(self, batch: list[_Passage], report: IngestReport, sink: TextIO | None
@@ -292,7 +362,7 @@ class Ingestor:
                                     "and no model given to encode its text", sink)
             return vectors
         if todo:
-            texts = [batch[i].text for i in todo]
+            texts = [self.spec.encode.text(batch[i].doc.title, batch[i].text) for i in todo]
             for i, vector in zip(todo, self._encode_texts(texts), strict=True):
                 vectors[i] = vector
         report.encoded += sum(v is not None for v in vectors)
@@ -307,24 +377,39 @@ class Ingestor:
     def send(self, docs: list[tuple[str, dict[str, Any]]], report: IngestReport
              ) -> list[BulkFailure]:
         """One bulk request, retried as a whole on transient errors, then item by item
-        for documents refused with 429 (queue full) or 5xx (e.g. a shard moving)."""
+        for documents refused with 429 (queue full) or 5xx (e.g. a shard moving). A
+        request refused whole for one bad document is split until that document is found,
+        so it alone fails."""
         pending: list[tuple[str, dict[str, Any]]] = docs
         failures: list[BulkFailure] = []
-        for attempt in range(self.max_attempts):
-            failed = self.retrying(self.engine.bulk_index, self.spec.index, pending)
-            report.retries += self.retrying.statistics.get("attempt_number", 1) - 1
-            retry = {f.id: f for f in failed if _retryable(f.status)}
-            failures.extend(f for f in failed if not _retryable(f.status))
+        retry: dict[str, BulkFailure] = {}
+        for attempt in range(self.policy.attempts):
+            failed = self._bulk(pending, report)
+            retry = {f.id: f for f in failed if is_transient(f.status)}
+            failures.extend(f for f in failed if not is_transient(f.status))
             pending = [d for d in pending if d[0] in retry]
-            if not pending:
-                return failures
-            if attempt + 1 == self.max_attempts:
+            if not pending or attempt + 1 == self.policy.attempts:
                 break
             report.retries += 1
-            time.sleep(min(0.5 * 2**attempt, self.max_wait) * np.random.uniform(0.5, 1.0))
+            time.sleep(self.policy.delay(attempt))
         return failures + [BulkFailure(i, retry[i].status, f"still refused after "
-                                       f"{self.max_attempts} attempts: {retry[i].reason}")
+                                       f"{self.policy.attempts} attempts: {retry[i].reason}")
                            for i, _ in pending]
+
+    def _bulk(self, docs: list[tuple[str, dict[str, Any]]], report: IngestReport
+              ) -> list[BulkFailure]:
+        """One request (whole-request retries included); a refused request is bisected."""
+        try:
+            return self.retrying(self.engine.bulk_index, self.spec.index, docs)
+        except EngineError as exc:
+            if exc.status not in WHOLE_REQUEST_REFUSALS:
+                raise
+            if len(docs) == 1:  # refused whole for this document, e.g. an id too long
+                return [BulkFailure(docs[0][0], 400, str(exc))]
+            half = len(docs) // 2
+            return self._bulk(docs[:half], report) + self._bulk(docs[half:], report)
+        finally:
+            report.retries += self.retrying.statistics.get("attempt_number", 1) - 1
 
 
 class _Uploader:
@@ -372,17 +457,3 @@ class _Uploader:
         for failure in failures:
             self.report.record_error(f"engine refused {failure.id!r} ({failure.status}): "
                                      f"{failure.reason}", self.sink)
-
-
-def _retryable(status: int) -> bool:
-    return status == 429 or status >= 500
-
-
-def _estimated_bytes(source: dict[str, Any]) -> int:
-    """Approximate JSON size of a document, without serialising it twice.
-
-    Each feature costs its key plus ~14 bytes of quotes, colon and a float.
-    """
-    features = sum(len(k) + 14 for view in VIEWS for k in source[view])
-    text = sum(len(str(source.get(k) or "")) for k in ("title", "text", "doc_id"))
-    return features + 2 * text + 64

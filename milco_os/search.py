@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from milco_os.engines.base import Engine, Hit, best_per_document
+from milco_os.errors import InputError
 from milco_os.query import SparseQuery, Terms, sent_terms
 from milco_os.sparse import SparseVector
 from milco_os.terms import decode_term
@@ -129,7 +130,14 @@ class Searcher:
         self.options = options or SearchOptions()
 
     def encode(self, texts: Sequence[str]) -> list[SparseVector]:
-        """Query vectors for ``texts`` (unpruned: :meth:`SearchOptions.query` prunes)."""
+        """Query vectors for ``texts`` (unpruned: :meth:`SearchOptions.query` prunes).
+
+        An empty query is an error: its vector holds only the special tokens' terms,
+        whose hits would mean nothing.
+        """
+        for number, text in enumerate(texts, 1):
+            if not isinstance(text, str) or not text.strip():
+                raise InputError(f"query {number}: empty query {text!r}; give at least one word")
         return self.encoder.encode(list(texts), kind="query")
 
     def search(self, texts: Sequence[str], k: int = 10) -> list[list[Hit]]:

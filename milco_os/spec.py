@@ -8,8 +8,18 @@ pruned: the index holds the model's exact vectors.
 
 >>> spec = IngestSpec.from_dict({"index": "demo", "source": {"files": ["c.jsonl"]},
 ...                              "model": "path/to/model"})
->>> spec.prune, spec.views, spec.batch.encode
-('none', ('pivot', 'echo'), 32)
+>>> spec.prune, spec.views, spec.batch.encode, spec.encode.fields
+('none', ('pivot', 'echo'), 32, ('title', 'text'))
+
+Every value is checked for its type and range when the spec is read (and again
+after command-line overrides), so a wrong value is one line naming the file and
+key, never a traceback:
+
+>>> try:
+...     IngestSpec.from_dict({"index": "demo", "max_length": "lots"}, origin="demo.yaml")
+... except SpecError as exc:
+...     print(exc)
+demo.yaml: max_length: expected an integer >= 1, got 'lots'
 """
 
 from __future__ import annotations
@@ -22,12 +32,14 @@ from typing import Any
 import yaml
 
 from milco_os.corpus import FieldMap
+from milco_os.errors import InputError
+from milco_os.pruning import Pruning
 from milco_os.sparse import VIEWS
 
 SPEC_DIRS = (Path("ingest"), Path(__file__).resolve().parents[1] / "ingest")
 
 
-class SpecError(ValueError):
+class SpecError(InputError):
     """An ingest spec that cannot be used, with the file and key at fault."""
 
 
@@ -60,6 +72,23 @@ class Passages:
     stride: int | None = None  # tokens between passage starts; default: the window
 
 
+ENCODABLE_FIELDS = ("title", "text")
+
+
+@dataclass(frozen=True)
+class EncodeFields:
+    """Which document fields the model reads, joined by ``separator`` (BEIR, MIRACL and
+    MTEB encode ``title + " " + text``); each passage of a long document gets its title."""
+
+    fields: tuple[str, ...] = ENCODABLE_FIELDS
+    separator: str = " "
+
+    def text(self, title: str | None, text: str) -> str:
+        """The text given to the model for one passage ``text`` of a document."""
+        parts = {"title": title, "text": text}
+        return self.separator.join(parts[f] for f in self.fields if parts[f])
+
+
 @dataclass(frozen=True)
 class IngestSpec:
     index: str
@@ -67,6 +96,7 @@ class IngestSpec:
     model: str | None = "milco-small"  # the shipped model; `model: null` for pre-encoded corpora
     max_length: int | None = None
     passages: Passages = field(default_factory=Passages)
+    encode: EncodeFields = field(default_factory=EncodeFields)
     prune: str = "none"
     views: tuple[str, ...] = VIEWS
     lang: str | None = None
@@ -76,16 +106,20 @@ class IngestSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], origin: str = "<spec>") -> IngestSpec:
+        if not isinstance(data, Mapping):
+            raise SpecError(f"{origin}: expected a mapping of keys (index, source, model, ...), "
+                            f"got {type(data).__name__}")
         data = dict(data)
         try:
-            source = dict(data.pop("source", {}) or {})
+            source = _mapping(data.pop("source", {}), "source")
             lang = data.get("lang")
             fmap = FieldMap.from_dict(source.pop("fields", None), default_lang=lang)
             files = source.pop("files", ())
-            files = (files,) if isinstance(files, str) else tuple(files)
+            files = (files,) if isinstance(files, str) else tuple(_list(files, "source.files"))
             spec = cls(
                 source=Source(files=files, fields=fmap, **_known(Source, source, "source")),
                 passages=Passages(**_known(Passages, data.pop("passages", {}), "passages")),
+                encode=EncodeFields(**_known(EncodeFields, data.pop("encode", {}), "encode")),
                 engine=EngineSettings(**_known(EngineSettings, data.pop("engine", {}), "engine")),
                 batch=BatchSizes(**_known(BatchSizes, data.pop("batch", {}), "batch")),
                 **_known(cls, data, "top level"),
@@ -99,9 +133,10 @@ class IngestSpec:
         path = Path(path)
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
             raise SpecError(f"cannot read ingest spec {path}: {exc}") from None
-        data.setdefault("index", path.stem)
+        if isinstance(data, dict):
+            data.setdefault("index", path.stem)
         spec = cls.from_dict(data, origin=str(path))
         # Relative input files are relative to the spec file, not to the working directory.
         files = tuple(str(f if Path(f).is_absolute() else path.parent / f)
@@ -120,20 +155,63 @@ class IngestSpec:
         return None
 
     def validated(self, origin: str = "<spec>") -> IngestSpec:
-        def fail(message: str) -> None:
-            raise SpecError(f"{origin}: {message}")
+        """This spec, if every value has the right type and range; else :class:`SpecError`."""
+        try:
+            self._check()
+        except ValueError as exc:
+            raise SpecError(f"{origin}: {exc}") from None
+        return self
 
+    def _check(self) -> None:
+        for key, value, minimum in self._integers():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < minimum):
+                raise ValueError(f"{key}: expected an integer >= {minimum}, got {value!r}")
+        for key, value in self._strings():
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{key}: expected a string, got {value!r}")
         if not self.index or self.index != self.index.lower() or " " in self.index:
-            fail(f"index name {self.index!r} must be non-empty, lower-case, without spaces")
+            raise ValueError(f"index name {self.index!r} must be non-empty, lower-case, "
+                             "without spaces")
         bad_views = set(self.views) - set(VIEWS)
         if bad_views or not self.views:
-            fail(f"views {list(self.views)}: expected a non-empty subset of {list(VIEWS)}")
+            raise ValueError(f"views {list(self.views)}: expected a non-empty subset of "
+                             f"{list(VIEWS)}")
+        if not self.encode.fields or set(self.encode.fields) - set(ENCODABLE_FIELDS):
+            raise ValueError(f"encode.fields {list(self.encode.fields)}: expected a non-empty "
+                             f"subset of {list(ENCODABLE_FIELDS)}")
         if self.source.files and self.source.hub:
-            fail("source: give either files or hub, not both")
-        for name in ("encode", "bulk_docs", "bulk_bytes"):
-            if getattr(self.batch, name) < 1:
-                fail(f"batch.{name} must be >= 1")
-        return self
+            raise ValueError("source: give either files or hub, not both")
+        if self.passages.window is None and self.passages.stride is not None:
+            raise ValueError("passages.stride needs passages.window")
+        if (self.passages.stride or 0) > (self.passages.window or 0):
+            raise ValueError(f"passages.stride {self.passages.stride} must be <= "
+                             f"passages.window {self.passages.window}")
+        try:
+            Pruning.parse(self.prune)
+        except ValueError as exc:
+            raise ValueError(f"prune: {exc}") from None
+
+    def _integers(self) -> list[tuple[str, Any, int]]:
+        """(key, value, minimum) of every integer setting."""
+        return [("max_length", self.max_length, 1),
+                ("passages.window", self.passages.window, 1),
+                ("passages.stride", self.passages.stride, 1),
+                ("engine.shards", self.engine.shards, 1),
+                ("engine.replicas", self.engine.replicas, 0),
+                *((f"batch.{f.name}", getattr(self.batch, f.name), 1) for f in fields(BatchSizes))]
+
+    def _strings(self) -> list[tuple[str, Any]]:
+        """(key, value) of every string setting (None: not set)."""
+        return [("index", self.index), ("model", self.model), ("prune", self.prune),
+                ("lang", self.lang), ("description", self.description),
+                ("source.hub", self.source.hub), ("source.config", self.source.config),
+                ("source.split", self.source.split),
+                ("engine.refresh_interval", self.engine.refresh_interval),
+                ("encode.separator", self.encode.separator),
+                *((f"source.files[{i}]", f) for i, f in enumerate(self.source.files)),
+                *((f"views[{i}]", v) for i, v in enumerate(self.views)),
+                *((f"encode.fields[{i}]", v) for i, v in enumerate(self.encode.fields))]
 
     def with_overrides(self, **overrides: Any) -> IngestSpec:
         """A copy with the non-None command-line overrides applied."""
@@ -151,15 +229,33 @@ class IngestSpec:
     def describe(self) -> dict[str, Any]:
         """What the index's ``_meta`` records about how it was built."""
         return {"model": self.model, "views": list(self.views), "pruning": self.prune,
-                "max_length": self.max_length, "passages": vars(self.passages)}
+                "max_length": self.max_length, "passages": vars(self.passages),
+                "encode": {"fields": list(self.encode.fields),
+                           "separator": self.encode.separator}}
+
+
+def _mapping(data: Any, where: str) -> dict[str, Any]:
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where}: expected a mapping, got {data!r}")
+    return dict(data)
+
+
+def _list(data: Any, where: str) -> list[Any]:
+    if not isinstance(data, list | tuple):
+        raise ValueError(f"{where}: expected a list, got {data!r}")
+    return list(data)
 
 
 def _known(kind: type, data: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
-    data = dict(data or {})
+    data = _mapping(data, where)
     names = {f.name for f in fields(kind)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(names)}")
-    if "views" in data:
-        data["views"] = tuple(data["views"])
+    for key in ("views", "fields"):
+        if key in data:
+            value = data[key]
+            data[key] = (value,) if isinstance(value, str) else tuple(_list(value, key))
     return data

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from milco_os.errors import InputError
 from milco_os.sparse import SparseView
 
 FLOAT_MIN_NORMAL = 1.17549435e-38  # smallest value Lucene's FeatureField accepts
@@ -43,7 +44,7 @@ _ENCODE_RE = re.compile(r"[%.]")
 _DECODE_RE = re.compile(r"%(?:25|2E)")
 
 
-class FeatureValueError(ValueError):
+class FeatureValueError(InputError):
     """A weight no engine can store (NaN or infinite), or an empty term."""
 
 

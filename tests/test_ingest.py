@@ -14,6 +14,7 @@ from milco_os.connection import ConnectionSettings
 from milco_os.corpus import read_files
 from milco_os.engines import BulkFailure, TransientEngineError, open_engine
 from milco_os.engines.base import Engine
+from milco_os.errors import IncompatibleIndexError
 from milco_os.ingest import IngestError, Ingestor, engine_id
 from milco_os.spec import BatchSizes, IngestSpec
 
@@ -139,5 +140,5 @@ def test_shards_cover_the_corpus_exactly_once(engine, index_name, tmp_path) -> N
 def test_index_built_by_another_model_is_refused(engine, index_name, tmp_path) -> None:
     write_corpus(tmp_path / "c.jsonl", 3)
     run(engine, IngestSpec(index=index_name, model="model-a"), tmp_path / "c.jsonl")
-    with pytest.raises(ValueError, match="model-a"):
+    with pytest.raises(IncompatibleIndexError, match="model-a"):
         run(engine, IngestSpec(index=index_name, model="model-b"), tmp_path / "c.jsonl")

@@ -7,6 +7,9 @@ import sys
 
 import click
 
+from milco_os.cli.options import DEVICE, PRUNE, load_encoder
+from milco_os.errors import InputError
+
 TOP_TERMS = 20
 
 
@@ -15,31 +18,35 @@ TOP_TERMS = 20
               help="Model folder, named model (milco-small) or hub id.")
 @click.option("--kind", type=click.Choice(["query", "document"]), default="query",
               show_default=True, help="Encode as queries (64 tokens) or documents (512).")
-@click.option("--prune", default="none", show_default=True,
+@click.option("--prune", type=PRUNE, default="none", show_default=True,
               help="none | mass:P | topk:K | threshold:T, applied to each view.")
 @click.option("--max-length", type=click.IntRange(min=1), help="Tokens per text.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--drop-special", is_flag=True, help="Drop special tokens (<s>, </s>, [CLS]...).")
-@click.option("--device", help="Torch device (default: cuda when available, else cpu).")
+@click.option("--device", type=DEVICE,
+              help="Torch device (default: cuda when available, else cpu).")
 @click.option("--json", "as_json", is_flag=True,
               help='One JSON object per line: {"text", "pivot": {term: w}, "echo": {term: w}}.')
 @click.argument("texts", nargs=-1, required=True)
 def encode(model_path: str, kind: str, prune: str, max_length: int | None, batch_size: int,
            drop_special: bool, device: str | None, as_json: bool,
            texts: tuple[str, ...]) -> None:
-    """Encode TEXTS (or one text per line from stdin when TEXT is `-`)."""
+    """Encode TEXTS (or one text per line from stdin when TEXT is `-`).
+
+    Output stays line-aligned with the input: a blank line gets an empty vector.
+    """
     from milco_os.pruning import Pruning
+    from milco_os.sparse import SparseVector, SparseView
 
-    try:
-        pruning = Pruning.parse(prune)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--prune") from None
+    pruning = Pruning.parse(prune)
     inputs = _read_texts(texts)
-    from milco_os.encoder import SparseEncoder
-
-    encoder = SparseEncoder.from_pretrained(model_path, device=device)
-    vectors = encoder.encode(inputs, kind=kind, batch_size=batch_size, max_length=max_length,
-                             keep_special_tokens=not drop_special)
+    encoder = load_encoder(model_path, device)
+    texts_to_encode = [t for t in inputs if t.strip()]
+    encoded = iter(encoder.encode(texts_to_encode, kind=kind, batch_size=batch_size,
+                                  max_length=max_length, keep_special_tokens=not drop_special)
+                   if texts_to_encode else [])
+    blank = SparseVector(SparseView.empty())
+    vectors = [next(encoded) if text.strip() else blank for text in inputs]
     for text, vector in zip(inputs, vectors, strict=True):
         pruned = pruning.apply(vector)
         if as_json:
@@ -51,11 +58,20 @@ def encode(model_path: str, kind: str, prune: str, max_length: int | None, batch
 def _read_texts(texts: tuple[str, ...]) -> list[str]:
     out: list[str] = []
     for text in texts:
-        if text == "-":
-            out.extend(line.rstrip("\n") for line in sys.stdin if line.strip())
-        else:
-            out.append(text)
+        out.extend(read_stdin_lines() if text == "-" else [text])
     return out
+
+
+def read_stdin_lines() -> list[str]:
+    """Standard input's lines, blank ones kept; invalid UTF-8 names the line."""
+    lines = []
+    for number, raw in enumerate(sys.stdin.buffer, 1):
+        try:
+            lines.append(raw.decode("utf-8").rstrip("\r\n"))
+        except UnicodeDecodeError as exc:
+            raise InputError(f"standard input line {number}: invalid UTF-8 at byte "
+                             f"{exc.start}") from None
+    return lines
 
 
 def _readable(text: str, vector) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from milco_os.cli.options import connection_options
+from milco_os.cli.options import PRUNE, connection_options
 from milco_os.connection import ConnectionSettings
 from milco_os.sparse import VIEWS
 
@@ -24,14 +24,9 @@ def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @connection_options
     @functools.wraps(func)
     def wrapper(*args: Any, settings: ConnectionSettings, **kwargs: Any) -> Any:
-        from milco_os.connection import ConnectionSettingsError
         from milco_os.engines import open_engine
 
-        try:
-            engine = open_engine(settings)
-        except ConnectionSettingsError as exc:
-            raise click.UsageError(str(exc)) from None
-        return func(*args, engine=engine, **kwargs)
+        return func(*args, engine=open_engine(settings), **kwargs)
 
     return wrapper
 
@@ -56,7 +51,7 @@ def index() -> None:
                    "(recorded in _meta; search uses it by default).")
 @click.option("--views", default="pivot,echo", show_default=True, callback=_views,
               help="Sparse views stored.")
-@click.option("--pruning", default="none", show_default=True,
+@click.option("--pruning", type=PRUNE, default="none", show_default=True,
               help="Document pruning the index is built with (recorded in _meta).")
 @click.option("--shards", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--replicas", type=click.IntRange(min=0), default=0, show_default=True)
@@ -66,14 +61,9 @@ def index() -> None:
 def create(name: str, model: str, views: list[str], pruning: str, shards: int, replicas: int,
            refresh_interval: str | None, exist_ok: bool, engine) -> None:
     """Create index NAME with the MILCO mapping."""
-    from milco_os.engines import EngineError
-
     meta = {"model": model, "views": views, "pruning": pruning}
-    try:
-        engine.create_index(name, meta=meta, shards=shards, replicas=replicas,
-                            refresh_interval=refresh_interval, exist_ok=exist_ok)
-    except (EngineError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+    engine.create_index(name, meta=meta, shards=shards, replicas=replicas,
+                        refresh_interval=refresh_interval, exist_ok=exist_ok)
     click.echo(f"created {engine.name} index {name!r}", err=True)
 
 
@@ -84,14 +74,12 @@ def create(name: str, model: str, views: list[str], pruning: str, shards: int, r
 @engine_options
 def delete(name: str, yes: bool, missing_ok: bool, engine) -> None:
     """Delete index NAME and all its documents."""
-    from milco_os.engines import EngineError
-
+    if missing_ok and not engine.index_exists(name):
+        click.echo(f"{engine.name} index {name!r} does not exist: nothing deleted", err=True)
+        return
     if not yes:
         click.confirm(f"Delete {engine.name} index {name!r} and all its documents?", abort=True)
-    try:
-        engine.delete_index(name, missing_ok=missing_ok)
-    except EngineError as exc:
-        raise click.ClickException(str(exc)) from None
+    engine.delete_index(name, missing_ok=missing_ok)
     click.echo(f"deleted {engine.name} index {name!r}", err=True)
 
 
@@ -100,10 +88,5 @@ def delete(name: str, yes: bool, missing_ok: bool, engine) -> None:
 @engine_options
 def info(name: str, engine) -> None:
     """Print index NAME's _meta, document count, size and settings as JSON."""
-    from milco_os.engines import EngineError
-
-    try:
-        details = engine.index_info(name)
-    except EngineError as exc:
-        raise click.ClickException(str(exc)) from None
+    details = engine.index_info(name)
     click.echo(json.dumps({"engine": engine.name, **details}, indent=2, ensure_ascii=False))

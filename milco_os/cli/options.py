@@ -1,14 +1,115 @@
-"""Options shared by several commands."""
+"""Options shared by several commands, and the one validation layer for option values.
+
+Every option value is checked by its Click type before a command runs (ranges,
+NaN/inf, devices, URLs, pruning specs), so a wrong value is one line naming the
+option. Models are loaded through :func:`load_encoder`, which turns any failure
+into a :class:`~milco_os.errors.ModelLoadError` naming the model.
+"""
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 
-from milco_os.connection import ENGINES, ConnectionSettings, ConnectionSettingsError
+from milco_os.connection import ENGINES, ConnectionSettings
+from milco_os.errors import MilcoOSError, ModelLoadError
+
+
+class FiniteFloat(click.FloatRange):
+    """A float in [min, max] that is a number (``nan`` and ``inf`` pass FloatRange)."""
+
+    name = "finite float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> float:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+class PruneSpec(click.ParamType):
+    """``none | mass:P | topk:K | threshold:T``, checked here, passed on as the string."""
+
+    name = "prune"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> str:
+        from milco_os.pruning import Pruning
+
+        try:
+            Pruning.parse(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        return str(value)
+
+
+class Device(click.ParamType):
+    """A torch device this machine has: ``cpu``, ``cuda``, ``cuda:1``, ``mps``."""
+
+    name = "device"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> str:
+        import torch
+
+        try:
+            device = torch.device(str(value))
+        except (RuntimeError, ValueError):
+            self.fail(f"{value!r} is not a torch device (cpu, cuda, cuda:N, mps)", param, ctx)
+        available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                     "mps": torch.backends.mps.is_available()}
+        if not available.get(device.type, False):
+            self.fail(f"{value!r}: this machine has no {device.type} device", param, ctx)
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            self.fail(f"{value!r}: this machine has {torch.cuda.device_count()} CUDA "
+                      "device(s)", param, ctx)
+        return str(value)
+
+
+PRUNE = PruneSpec()
+DEVICE = Device()
+UNIT_INTERVAL = FiniteFloat(0.0, 1.0)
+
+
+def check_urls(_ctx: click.Context | None, _param: click.Parameter | None, value: str | None
+               ) -> str | None:
+    """``value`` if every comma-separated URL has an http(s) scheme and a host."""
+    if value is None:
+        return None
+    urls = [u.strip() for u in value.split(",")]
+    for url in urls:
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 -- raises ValueError on a port that is not a number
+        except ValueError as exc:
+            raise click.BadParameter(f"{url!r}: {exc}", param_hint="--url") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise click.BadParameter(f"{url!r}: expected http(s)://HOST[:PORT], e.g. "
+                                     "http://localhost:9200", param_hint="--url")
+    return ",".join(urls)
+
+
+def load_encoder(model: str, device: str | None = None) -> Any:
+    """``SparseEncoder.from_pretrained(model)``; any failure is one :class:`ModelLoadError`
+    naming the model (a missing or empty folder, a truncated weights file, a bad config)."""
+    from pathlib import Path
+
+    from milco_os.encoder import SparseEncoder
+
+    try:
+        return SparseEncoder.from_pretrained(model, device=device)
+    except MilcoOSError:
+        raise
+    except Exception as exc:  # transformers, safetensors, json and torch raise many kinds
+        what = "model folder" if Path(model).expanduser().exists() else "model"
+        raise ModelLoadError(f"cannot load {what} {model!r}: {type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())}") from exc
 
 
 def connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -19,8 +120,9 @@ def connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
     process listings).
     """
 
-    @click.option("--url", envvar="MILCO_OS_URL", help="Cluster URL [env MILCO_OS_URL; "
-                  "default: the cluster started by `milco-os cluster up`].")
+    @click.option("--url", envvar="MILCO_OS_URL", callback=check_urls,
+                  help="Cluster URL [env MILCO_OS_URL; default: the cluster started by "
+                       "`milco-os cluster up`].")
     @click.option("--engine", type=click.Choice(ENGINES), envvar="MILCO_OS_ENGINE",
                   help="Search engine [default: opensearch when a cluster is configured, "
                        "else the embedded `local` engine].")
@@ -38,14 +140,11 @@ def connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(*args: Any, url, engine, local_path, user, password_file, api_key_file, ca_certs,
                 insecure, **kwargs: Any) -> Any:
-        try:
-            settings = ConnectionSettings.from_env(
-                url=url, engine=engine, user=user, password_file=password_file,
-                api_key_file=api_key_file, ca_certs=ca_certs,
-                verify_certs=False if insecure else None, local_path=local_path,
-            )
-        except ConnectionSettingsError as exc:
-            raise click.UsageError(str(exc)) from None
+        settings = ConnectionSettings.from_env(
+            url=url, engine=engine, user=user, password_file=password_file,
+            api_key_file=api_key_file, ca_certs=ca_certs,
+            verify_certs=False if insecure else None, local_path=local_path,
+        )
         return func(*args, settings=settings, **kwargs)
 
     return wrapper

@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
+from milco_os.cli.encode import read_stdin_lines
 from milco_os.cli.index import engine_options
-from milco_os.cli.options import connection_options
-from milco_os.connection import ConnectionSettings, ConnectionSettingsError
+from milco_os.cli.options import DEVICE, PRUNE, UNIT_INTERVAL, connection_options, load_encoder
+from milco_os.compatibility import check_index
+from milco_os.connection import ConnectionSettings
+from milco_os.errors import InputError
 from milco_os.query import MODES
-
-
-def load_encoder(model: str, device: str | None) -> Any:
-    """The query encoder of ``model`` (a folder or hub id)."""
-    from milco_os.encoder import SparseEncoder
-
-    return SparseEncoder.from_pretrained(model, device=device)
 
 
 def _options(alpha: float | None, mode: str, collapse: bool, query_prune: str | None,
@@ -27,17 +21,14 @@ def _options(alpha: float | None, mode: str, collapse: bool, query_prune: str | 
     from milco_os.pruning import Pruning
     from milco_os.search import SearchOptions
 
-    try:
-        prune = Pruning.parse(query_prune).apply if query_prune else None
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--query-prune") from None
+    prune = Pruning.parse(query_prune).apply if query_prune else None
     fields = {"text_fields": bm25_fields} if bm25_fields else {}
     return SearchOptions(alpha=alpha, mode=mode, collapse=collapse, prune=prune, **fields)
 
 
 def _texts(texts: tuple[str, ...]) -> list[str]:
     """The query texts: the arguments, or one per line of standard input."""
-    found = list(texts) or [line.strip() for line in sys.stdin if line.strip()]
+    found = list(texts) or [line.strip() for line in read_stdin_lines() if line.strip()]
     if not found:
         raise click.UsageError("no query: give TEXT arguments or lines on standard input")
     return found
@@ -49,43 +40,31 @@ def _model_of(engine: Any, index: str, model: str | None, force: bool = False) -
     Queries encoded by another model than the documents score meaninglessly, so a
     mismatch is refused (or only warned about with ``force``).
     """
-    recorded = engine.meta(index).get("model")
-    if model and recorded and not _same_model(model, recorded):
-        message = (f"index {index!r} was built with model {recorded!r}, not {model!r}: "
-                   "scores between two models' vectors are meaningless")
-        if not force:
-            raise click.UsageError(message + " (pass --force to search anyway)")
-        click.echo(f"warning: {message}", err=True)
+    meta = engine.meta(index)
+    for warning in check_index(index, meta, model=model, force=force):
+        click.echo(f"warning: {warning}", err=True)
     if model:
         return model
-    if not recorded:
-        raise click.UsageError(f"index {index!r} records no model in its _meta: pass --model")
-    return recorded
-
-
-def _same_model(a: str, b: str) -> bool:
-    """Whether two model references (hub ids or folders) name the same model."""
-    def key(ref: str) -> str:
-        path = Path(ref).expanduser()
-        return str(path.resolve()) if path.exists() else ref
-    return key(a) == key(b)
+    if not meta.get("model"):
+        raise InputError(f"index {index!r} records no model in its _meta: pass --model")
+    return meta["model"]
 
 
 _query_options = [
-    click.option("--alpha", type=click.FloatRange(0.0, 1.0),
+    click.option("--alpha", type=UNIT_INTERVAL,
                  help="Weight pivot x alpha + echo x (1 - alpha) [default: the released plain "
                       "sum; 0.5 ranks the same with halved scores]."),
     click.option("--mode", type=click.Choice(MODES), default="default", show_default=True,
                  help="default: exact dot product; two-phase: high-weight terms then rescoring; "
                       "hybrid: plus BM25; neural-sparse: OpenSearch neural_sparse query."),
-    click.option("--query-prune", help="Prune query vectors: none | mass:P | topk:K | "
+    click.option("--query-prune", type=PRUNE, help="Prune query vectors: none | mass:P | topk:K | "
                                        "threshold:T."),
     click.option("--collapse/--no-collapse", default=True, show_default=True,
                  help="One hit per document (its best passage)."),
     click.option("--bm25-field", "bm25_fields", multiple=True,
                  help="Field for hybrid mode's BM25, repeatable, e.g. text.en or text.cjk for "
                       "language-aware analysis [default: title and text]."),
-    click.option("--device", help="Torch device for the model."),
+    click.option("--device", type=DEVICE, help="Torch device for the model."),
     click.option("--threads", type=click.IntRange(min=1), expose_value=False,
                  callback=lambda _ctx, _param, n: _set_query_threads(n),
                  help="CPU threads for encoding a query [env MILCO_OS_THREADS; default 1, "
@@ -127,24 +106,20 @@ def search(texts: tuple[str, ...], index_name: str, model: str | None, k: int,
 
     Hit ids are the corpus's own document ids.
     """
-    from milco_os.engines import EngineError
     from milco_os.search import Searcher
 
     queries = _texts(texts)
-    try:
-        encoder = load_encoder(_model_of(engine, index_name, model, force), device)
-        searcher = Searcher(engine, index_name, encoder,
-                            _options(alpha, mode, collapse, query_prune, bm25_fields))
-        vectors = searcher.encode(queries)
-        for text, vector in zip(queries, vectors, strict=True):
-            hits = searcher.search_vector(vector, text, k)
-            explanations = searcher.explain_all(hits, vector, text) if explain else []
-            if as_json:
-                click.echo(json.dumps(_json_line(text, hits, explanations), ensure_ascii=False))
-            else:
-                click.echo(_text_block(text, hits, explanations))
-    except (EngineError, ValueError, LookupError) as exc:
-        raise click.ClickException(str(exc)) from None
+    encoder = load_encoder(_model_of(engine, index_name, model, force), device)
+    searcher = Searcher(engine, index_name, encoder,
+                        _options(alpha, mode, collapse, query_prune, bm25_fields))
+    vectors = searcher.encode(queries)
+    for text, vector in zip(queries, vectors, strict=True):
+        hits = searcher.search_vector(vector, text, k)
+        explanations = searcher.explain_all(hits, vector, text) if explain else []
+        if as_json:
+            click.echo(json.dumps(_json_line(text, hits, explanations), ensure_ascii=False))
+        else:
+            click.echo(_text_block(text, hits, explanations))
 
 
 def _json_line(text: str, hits: list, explanations: list) -> dict[str, Any]:
@@ -183,19 +158,18 @@ def dsl(text: str, model: str | None, index_name: str | None, k: int, alpha: flo
     Without --index, the body is for the --engine flavour with the default
     clause limit (1024).
     """
-    from milco_os.engines import EngineError, open_engine
+    from milco_os.engines import open_engine
     from milco_os.query import build_search_body
 
     if not (model or index_name):
         raise click.UsageError("give --model, or --index to use the model recorded there")
+    if not text.strip():
+        raise InputError("empty query: give a TEXT with at least one word")
     options = _options(alpha, mode, collapse, query_prune, bm25_fields)
-    try:
-        engine = open_engine(settings, settings.engine) if index_name else None
-        encoder = load_encoder(_model_of(engine, index_name, model) if engine else model, device)
-        [vector] = encoder.encode([text], kind="query")
-        query = options.query(vector, text)
-        body = (engine.search_body(query, k) if engine
-                else build_search_body(query, k, flavour=settings.engine))
-    except (EngineError, ValueError, ConnectionSettingsError) as exc:
-        raise click.ClickException(str(exc)) from None
+    engine = open_engine(settings, settings.engine) if index_name else None
+    encoder = load_encoder(_model_of(engine, index_name, model) if engine else model, device)
+    [vector] = encoder.encode([text], kind="query")
+    query = options.query(vector, text)
+    body = (engine.search_body(query, k) if engine
+            else build_search_body(query, k, flavour=settings.engine))
     click.echo(json.dumps(body, indent=2, ensure_ascii=False))
