@@ -37,14 +37,14 @@ def make_tiny(out: Path, echo_bias: float = 0.3, scale: float = 1.25, seed: int 
 class ReferenceMilco:
     """MILCO inference written out from the spec, one text at a time, no padding."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, dtype: torch.dtype = torch.float32) -> None:
         import json
 
         config = json.loads((folder / "config.json").read_text())
-        self.state = load_file(folder / "model.safetensors")
+        self.state = {k: v.to(dtype) for k, v in load_file(folder / "model.safetensors").items()}
         encoder_fields = {k: v for k, v in config["m_encoder_config"].items()
                           if k not in ("model_type", "architectures", "transformers_version")}
-        self.encoder = XLMRobertaModel(XLMRobertaConfig(**encoder_fields)).eval()
+        self.encoder = XLMRobertaModel(XLMRobertaConfig(**encoder_fields)).to(dtype).eval()
         encoder_state = {k[len("m_model."):]: v for k, v in self.state.items()
                          if k.startswith("m_model.")}
         self.encoder.load_state_dict(encoder_state)

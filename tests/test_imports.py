@@ -26,7 +26,7 @@ def test_every_module_imports_in_a_fresh_interpreter():
                               text=True)
         return module, done.returncode, done.stderr.strip().splitlines()[-1:]
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
+    with ThreadPoolExecutor(max_workers=2) as pool:
         failures = [r for r in pool.map(run, modules) if r[1] != 0]
     assert failures == []
 
