@@ -281,9 +281,20 @@ class Ingestor:
 
     def _batches(self, records: Iterable[Record], report: IngestReport, sink: TextIO | None
                  ) -> Iterator[list[_Passage]]:
-        batch: list[_Passage] = []
+        pending: list[_Passage] = []  # the group being filled
+        try:
+            for group in self._groups(records, report, sink, pending):
+                yield from self._unseen(group, report)
+        except (KeyboardInterrupt, MilcoOSError):
+            # the stream stopped (a signal, a corrupt file): still index what was read
+            if pending:
+                yield from self._unseen(list(pending), report)
+            raise
+
+    def _groups(self, records: Iterable[Record], report: IngestReport, sink: TextIO | None,
+                batch: list[_Passage]) -> Iterator[list[_Passage]]:
+        """Passages in groups of ``batch.encode``, filled in ``batch`` (emptied after each)."""
         in_batch: dict[str, int] = {}  # id -> position, to catch ids repeated in one batch
-        size = self.spec.batch.encode
         for record in records:
             report.read += 1
             if isinstance(record, Document) and record.id in in_batch:
@@ -302,14 +313,16 @@ class Ingestor:
                 report.record_error(str(RecordError(record.position, record.id[:64] + "...",
                                                     "id", problem)), sink)
                 continue
-            for number, text in enumerate(texts):
-                batch.append(_Passage(ids[number], record, number, text))
+            batch.extend(_Passage(i, record, n, text)
+                         for n, (i, text) in enumerate(zip(ids, texts, strict=True)))
             report.passages += len(texts)
-            if len(batch) >= size:
-                yield from self._unseen(batch, report)
-                batch, in_batch = [], {}
+            if len(batch) >= self.spec.batch.encode:
+                yield list(batch)
+                batch.clear()
+                in_batch = {}
         if batch:
-            yield from self._unseen(batch, report)
+            yield list(batch)
+            batch.clear()
 
     def _unseen(self, batch: list[_Passage], report: IngestReport) -> Iterator[list[_Passage]]:
         if self.resume:

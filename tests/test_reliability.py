@@ -156,7 +156,7 @@ def test_sigint_mid_ingest_prints_the_report_and_exits_2(cluster_url, index_name
         with open(fifo, "w") as out:
             out.writelines(rows[:15])
             out.flush()
-            time.sleep(3)
+            time.sleep(8)  # the ingest has read them and waits for more
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(1)
 

@@ -43,7 +43,8 @@ def test_a_title_word_finds_its_document(splade, tmp_path, corpus) -> None:
 
 def test_encoding_only_the_text_is_a_spec_choice(splade, tmp_path, corpus) -> None:
     spec = IngestSpec.from_dict({"index": "untitled", "encode": {"fields": ["text"]}})
-    assert ranking(splade, tmp_path, corpus, spec, "baltimore")[0] != "baltimore"
+    hits = ranking(splade, tmp_path, corpus, spec, "baltimore")
+    assert not hits or hits[0] != "baltimore"  # identical vectors: the tie goes to the first
 
 
 def test_every_passage_of_a_long_document_carries_its_title(splade, tmp_path, corpus) -> None:

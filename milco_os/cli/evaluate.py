@@ -13,9 +13,8 @@ from pathlib import Path
 
 import click
 
-from milco_os.cli.options import connection_options
+from milco_os.cli.options import UNIT_INTERVAL, connection_options
 from milco_os.connection import ConnectionSettings
-from milco_os.errors import MilcoOSError
 from milco_os.evaluation.sweep import MODE_CHOICES
 
 
@@ -38,7 +37,7 @@ from milco_os.evaluation.sweep import MODE_CHOICES
 @click.option("--doc-prune", multiple=True, default=("none",), show_default=True,
               help="Document pruning levels to sweep, each in its own index INDEX-<level> "
                    "(built from the corpus with --build).")
-@click.option("--alpha", "alphas", multiple=True, type=float,
+@click.option("--alpha", "alphas", multiple=True, type=UNIT_INTERVAL,
               help="Pivot weight alpha to sweep (echo gets 1-alpha) [default: the plain sum].")
 @click.option("--views", multiple=True, default=("both",), show_default=True,
               help="Views to sweep: `both` (pivot + LexEcho), `pivot` and/or `echo` (that "
@@ -77,13 +76,10 @@ def evaluate(dataset_spec: str, index: str | None, model: str | None, metrics: t
     Example: milco-os evaluate --index miracl-{lang} --dataset miracl --langs sw,te
     --query-prune none,topk:50,mass:0.5 --mode default,bm25 --run-out runs/
     """
-    try:
-        _evaluate(dataset_spec, index, model, _csv(metrics), _csv(langs), split, lang, k,
-                  _csv(query_prune), _csv(doc_prune), alphas, _csv(views), _csv(modes),
-                  lowercase, build, passage_window, max_length, run_out, plots, compare_runs,
-                  device, settings)
-    except MilcoOSError as exc:
-        raise click.ClickException(str(exc)) from None
+    _evaluate(dataset_spec, index, model, _csv(metrics), _csv(langs), split, lang, k,
+              _csv(query_prune), _csv(doc_prune), alphas, _csv(views), _csv(modes),
+              lowercase, build, passage_window, max_length, run_out, plots, compare_runs,
+              device, settings)
 
 
 def _evaluate(dataset_spec: str, index: str | None, model: str | None, metrics: list[str],

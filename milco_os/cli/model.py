@@ -67,12 +67,9 @@ def info(path: str, as_json: bool) -> None:
         else:
             click.echo(model_card(named), nl=False)
         return
-    from milco_os.models.registry import load_sparse_model
+    from milco_os.cli.options import load_model
 
-    try:
-        loaded = load_sparse_model(path)
-    except OSError as exc:
-        raise click.ClickException(str(exc)) from None
+    loaded = load_model(path)
     details = _describe(loaded)
     if as_json:
         click.echo(json.dumps(details))

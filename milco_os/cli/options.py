@@ -8,9 +8,11 @@ into a :class:`~milco_os.errors.ModelLoadError` naming the model.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -98,12 +100,24 @@ def check_urls(_ctx: click.Context | None, _param: click.Parameter | None, value
 def load_encoder(model: str, device: str | None = None) -> Any:
     """``SparseEncoder.from_pretrained(model)``; any failure is one :class:`ModelLoadError`
     naming the model (a missing or empty folder, a truncated weights file, a bad config)."""
-    from pathlib import Path
-
     from milco_os.encoder import SparseEncoder
 
-    try:
+    with _model_errors(model):
         return SparseEncoder.from_pretrained(model, device=device)
+
+
+def load_model(model: str) -> Any:
+    """The sparse model of ``model`` (no tokenizers), failing as :func:`load_encoder` does."""
+    from milco_os.models.registry import load_sparse_model
+
+    with _model_errors(model):
+        return load_sparse_model(model)
+
+
+@contextlib.contextmanager
+def _model_errors(model: str) -> Iterator[None]:
+    try:
+        yield
     except MilcoOSError:
         raise
     except Exception as exc:  # transformers, safetensors, json and torch raise many kinds

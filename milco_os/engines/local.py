@@ -65,6 +65,7 @@ from milco_os.engines.base import (
     EngineError,
     Hit,
     IndexNotFoundError,
+    InvalidIndexNameError,
     best_per_document,
 )
 from milco_os.mappings import complete_meta, mapping_template
@@ -256,8 +257,8 @@ class LocalEngine(Engine):
 
     def _dir(self, index: str) -> Path:
         if not INDEX_NAME.match(index):
-            raise EngineError(f"invalid index name {index!r}: use lowercase letters, digits, "
-                              "'.', '_' and '-', starting with a letter or digit")
+            raise InvalidIndexNameError(f"invalid index name {index!r}: use lowercase letters, "
+                                        "digits, '.', '_' and '-', starting with a letter or digit")
         return self.root / index
 
     def _manifest(self, index: str) -> dict[str, Any]:
