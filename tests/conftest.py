@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from _cluster_helpers import start_cluster
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -58,16 +59,6 @@ class Server:
         from milco_os.engines import open_engine
 
         return open_engine(self.settings())
-
-
-def start_cluster(name: str, distribution: str, version: str | None, **kwargs):
-    """A fresh local cluster of its own (data from an earlier run under ``name`` deleted)."""
-    from milco_os.devcluster import LocalCluster
-    from milco_os.devcluster import distribution as make
-
-    cluster = LocalCluster(name=name)
-    state = cluster.up(dist=make(distribution, version), reset=True, **kwargs)
-    return cluster, state
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -112,6 +103,14 @@ def server(request: pytest.FixtureRequest) -> Iterator[Server]:
         yield Server(server_id, distribution, version, state.url, seconds)
     finally:
         cluster.destroy()
+
+
+@pytest.fixture
+def server_index(server: Server) -> Iterator[str]:
+    """A unique index name on ``server``, deleted after the test."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    yield name
+    server.open().delete_index(name)
 
 
 @pytest.fixture(scope="session")

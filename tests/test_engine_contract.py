@@ -46,6 +46,10 @@ from milco_os.terms import encode_term
 
 pytestmark = pytest.mark.cluster
 
+# The contract's three servers, and the lowest and highest Elasticsearch 8.x supported.
+SERVERS = ["opensearch-2.19.6", "opensearch-3.3.2", "elasticsearch-9.2.4",
+           "elasticsearch-8.11.3", "elasticsearch-8.19.21"]
+
 META = {"model": "test-model", "views": ["pivot", "echo"], "pruning": "none"}
 PRECISION = 0.005  # engine scores within 0.5% of exact (9-bit document weights)
 TOP10_AGREEMENT = 0.98

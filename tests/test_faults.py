@@ -1,6 +1,7 @@
 """Faults survived, on the project's own local clusters (loopback only, bounded loops).
 
-- a data node SIGKILLed in the middle of a 20,000-document ingest;
+- a data node SIGKILLed in the middle of a 20,000-document ingest into a 3-node cluster,
+  on OpenSearch 2.19.6, OpenSearch 3.3.2 and Elasticsearch 9.2.4;
 - 429 rejections forced with a one-thread, one-slot write pool;
 - search while a node is down.
 
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _cluster_helpers import start_cluster
 from _ingest_helpers import write_corpus
 
 from milco_os.connection import ConnectionSettings
@@ -25,26 +27,37 @@ from milco_os.corpus import read_files
 from milco_os.devcluster import LocalCluster
 from milco_os.engines import open_engine
 from milco_os.ingest import Ingestor, engine_id
+from milco_os.query import SparseQuery
+from milco_os.sparse import SparseVector, SparseView
 from milco_os.spec import BatchSizes, EngineSettings, IngestSpec
 
 pytestmark = [pytest.mark.faults, pytest.mark.cluster]
 
 
-@pytest.fixture(scope="module")
-def three_nodes() -> Iterator[LocalCluster]:
-    cluster = LocalCluster(name=f"faults3-{os.getpid()}")
-    cluster.up(nodes=3, heap="384m")
+FAULT_SERVERS = {"opensearch-2.19.6": ("opensearch", "2.19.6"),
+                 "opensearch-3.3.2": ("opensearch", "3.3.2"),
+                 "elasticsearch-9.2.4": ("elasticsearch", "9.2.4")}
+
+
+@pytest.fixture(scope="module", params=list(FAULT_SERVERS))
+def three_nodes(request) -> Iterator[tuple[str, LocalCluster]]:
+    distribution, version = FAULT_SERVERS[request.param]
+    started = time.monotonic()
+    cluster, _ = start_cluster(f"faults3-{distribution}-{os.getpid()}", distribution, version,
+                               nodes=3, heap="384m")
+    print(f"\n{request.param}: 3 nodes started in {time.monotonic() - started:.1f}s")
     try:
-        yield cluster
+        yield distribution, cluster
     finally:
-        cluster.down()
+        cluster.destroy()
 
 
-def test_ingest_survives_a_killed_data_node(three_nodes: LocalCluster, tmp_path: Path) -> None:
+def test_ingest_survives_a_killed_data_node(three_nodes, tmp_path: Path) -> None:
+    distribution, cluster = three_nodes
     total = 20_000
     rows = write_corpus(tmp_path / "c.jsonl", total, seed=7)
-    state = three_nodes.state()
-    engine = open_engine(ConnectionSettings(url=",".join(state.urls)))
+    state = cluster.state()
+    engine = open_engine(ConnectionSettings(url=",".join(state.urls), engine=distribution))
     spec = IngestSpec(index="faults-kill", engine=EngineSettings(shards=3, replicas=1),
                       batch=BatchSizes(encode=200, bulk_docs=200))
     ingestor = Ingestor(engine, spec, progress=False, max_attempts=12, max_wait=5.0)
@@ -54,13 +67,14 @@ def test_ingest_survives_a_killed_data_node(three_nodes: LocalCluster, tmp_path:
     start = time.monotonic()
     worker.start()
     victim = state.nodes[1]
-    while worker.is_alive() and time.monotonic() - start < 120:
+    while worker.is_alive() and time.monotonic() - start < 300:
         if engine.index_exists(spec.index) and engine.count(spec.index) >= total // 4:
             break
         time.sleep(0.2)
+    assert worker.is_alive(), "the ingest finished before the node could be killed"
     os.killpg(victim.pid, signal.SIGKILL)
     killed_at = time.monotonic()
-    worker.join(timeout=600)
+    worker.join(timeout=900)
     assert not worker.is_alive()
     report = outcome["report"]
     engine.refresh(spec.index)
@@ -68,28 +82,27 @@ def test_ingest_survives_a_killed_data_node(three_nodes: LocalCluster, tmp_path:
     found = set()
     for i in range(0, total, 1000):
         found |= engine.existing_ids(spec.index, ids[i:i + 1000])
-    print(f"\nkill a node: documents in {total}, found {len(found)}, indexed {report.indexed}, "
-          f"failed {report.failed}, retries {report.retries}, "
+    print(f"\n{distribution} kill a node: documents in {total}, found {len(found)}, indexed "
+          f"{report.indexed}, failed {report.failed}, retries {report.retries}, "
           f"finished {time.monotonic() - killed_at:.1f}s after the kill")
     assert (report.indexed, report.failed) == (total, 0)
     assert engine.count(spec.index) == total and len(found) == total
     for row in rows[::4000]:  # spot-check stored vectors
         stored = engine.get_sources(spec.index, [engine_id(row["id"], 0)])
-        assert stored[engine_id(row["id"], 0)]["pivot"] == pytest.approx(row["pivot"])
+        assert stored[engine_id(row["id"], 0)]["pivot"] == pytest.approx(row["pivot"], rel=0.005)
 
     # Search while the node is down: the replicas answer.
-    client = ConnectionSettings(url=",".join(three_nodes.hosts())).client()
-    answer = client.search(index=spec.index, body={
-        "query": {"rank_feature": {"field": "pivot.t17", "linear": {}}}, "size": 5})
-    print(f"search with a node down: shards {answer['_shards']}")
-    assert answer["hits"]["hits"]
-    assert answer["_shards"]["failed"] == 0
+    alive = open_engine(ConnectionSettings(url=",".join(cluster.hosts()), engine=distribution))
+    hits = alive.search(spec.index, SparseQuery(SparseVector(SparseView.from_pairs(
+        [(17, "t17", 1.0)]))), k=5)
+    print(f"search with a node down: {len(hits)} hits")
+    assert hits and all(h.score > 0 for h in hits)
 
 
 def test_forced_429s_slow_ingest_but_lose_nothing(tmp_path: Path) -> None:
-    cluster = LocalCluster(name=f"faults429-{os.getpid()}")
-    state = cluster.up(nodes=1, heap="384m", settings={
-        "thread_pool.write.size": 1, "thread_pool.write.queue_size": 1})
+    cluster, state = start_cluster(f"faults429-{os.getpid()}", "opensearch", "2.19.6",
+                                   heap="384m", settings={"thread_pool.write.size": 1,
+                                                          "thread_pool.write.queue_size": 1})
     try:
         total = 3000
         write_corpus(tmp_path / "c.jsonl", total, seed=3)
@@ -105,4 +118,4 @@ def test_forced_429s_slow_ingest_but_lose_nothing(tmp_path: Path) -> None:
         assert (report.indexed, report.failed) == (total, 0)
         assert engine.count(spec.index) == total
     finally:
-        cluster.down()
+        cluster.destroy()

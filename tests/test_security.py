@@ -21,13 +21,46 @@ pytestmark = [pytest.mark.cluster, pytest.mark.security]
 
 
 @pytest.fixture(scope="module")
-def secure_cluster() -> Iterator[ClusterState]:
-    cluster = LocalCluster(name=f"secure-{os.getpid()}")
-    state = cluster.up(secure=True, heap="512m")
+def started() -> Iterator[tuple[ClusterState, str]]:
+    """A secure cluster started as users start it, and what `cluster up` printed."""
+    name = f"secure-{os.getpid()}"
+    result = CliRunner().invoke(main, ["cluster", "up", "--secure", "--name", name,
+                                       "--heap", "512m", "--runtime", "local"])
+    assert result.exit_code == 0, result.output
     try:
-        yield state
+        yield LocalCluster(name).state(), result.stderr
     finally:
-        cluster.down()
+        LocalCluster(name).destroy()
+
+
+@pytest.fixture(scope="module")
+def secure_cluster(started) -> ClusterState:
+    return started[0]
+
+
+def test_up_names_the_version_it_runs(started) -> None:
+    state, printed = started
+    assert "starting OpenSearch 2.11.1 (secure)" in printed and "2.19.6" not in printed
+    assert LocalCluster(state.name).status()["version"] == "2.11.1"
+    assert f"--password-file {state.password_file}" in printed
+
+
+def test_user_flag_goes_with_a_password_file(secure_cluster, password, tmp_path,
+                                             monkeypatch) -> None:
+    """`--user admin --password-file PW`, as the README documents, with no MILCO_OS_USER."""
+    for variable in ("MILCO_OS_USER", "MILCO_OS_PASSWORD", "MILCO_OS_PASSWORD_FILE"):
+        monkeypatch.delenv(variable, raising=False)
+    (tmp_path / "pw").write_text(password + "\n")
+    settings = ConnectionSettings.from_env(user="admin", password_file=str(tmp_path / "pw"))
+    assert (settings.user, settings.password) == ("admin", password)
+    write_corpus(tmp_path / "c.jsonl", 4)
+    result = CliRunner().invoke(main, [
+        "ingest", "--index", "secure-flags", "--input", str(tmp_path / "c.jsonl"), "--quiet",
+        "--url", secure_cluster.url, "--user", "admin", "--password-file", str(tmp_path / "pw"),
+        "--ca-certs", secure_cluster.ca_file])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1])["indexed"] == 4
+    assert password not in result.output
 
 
 @pytest.fixture(scope="module")

@@ -104,7 +104,7 @@ class LocalCluster:
     # -- lifecycle
 
     def up(self, nodes: int = 1, dist: Distribution | None = None, heap: str = "512m",
-           http_port: int | None = None, timeout: float = 240.0,
+           http_port: int | None = None, timeout: float = 600.0,
            settings: dict[str, Any] | None = None, secure: bool = False,
            reset: bool = False) -> ClusterState:
         """Start ``nodes`` nodes of ``dist`` (default OpenSearch 2.19.6) and wait until

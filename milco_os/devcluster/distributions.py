@@ -159,6 +159,9 @@ class OpenSearch3(_OpenSearch):
     """OpenSearch 3.x from 3.3.0, the first 3.x whose ``integ-test-zip`` is on Maven Central."""
 
     default_version = "3.3.2"
+    # 3.0 renamed the module plugin classes.
+    MODULES = tuple((artifact, module, classname.replace("Plugin", "ModulePlugin"), description)
+                    for artifact, module, classname, description in _OpenSearch.MODULES)
 
     def check_version(self, version: tuple[int, int, int]) -> None:
         if version[0] != 3 or version < (3, 3, 0):

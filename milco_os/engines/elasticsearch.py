@@ -59,9 +59,10 @@ class ElasticsearchEngine(ClusterEngine):
                 body = json.dumps(body, ensure_ascii=False)
         target = path + ("?" + urlencode(params) if params else "")
         try:
+            # The transport has its own 10 s default: the settings' timeout must be passed.
             response = self.client.transport.perform_request(
-                method, target, headers=headers, body=body.encode() if isinstance(body, str)
-                else body)
+                method, target, headers=headers, request_timeout=self.settings.timeout,
+                body=body.encode() if isinstance(body, str) else body)
         except (ESConnectionError, ConnectionTimeout) as exc:
             raise TransientEngineError(f"{method} {path}: {exc}") from exc
         answer = response.body
