@@ -175,7 +175,7 @@ def exact_rows(label: str, encoder: Any, data: EvalDataset) -> dict[str, ev.Eval
 
 
 def engine_rows(label: str, encoder: Any, model: str, data: EvalDataset, index: str,
-                settings: Any) -> dict[str, ev.Evaluation]:
+                settings: Any, views: Sequence[str]) -> dict[str, ev.Evaluation]:
     """The model's views and BM25 through one OpenSearch index built from ``data``."""
     from milco_os.engines import open_engine
 
@@ -186,7 +186,7 @@ def engine_rows(label: str, encoder: Any, model: str, data: EvalDataset, index: 
                      build=ev.BuildOptions(), log=lambda line: print(line, file=sys.stderr))
     try:
         rows = {f"{label} [{view}] (OpenSearch)": sweep.run(
-                    ev.System(index, views=SWEEP_VIEWS[view])).evaluation for view in VIEWS}
+                    ev.System(index, views=SWEEP_VIEWS[view])).evaluation for view in views}
         rows["BM25 (OpenSearch, same index)"] = sweep.run(ev.System(index, mode="bm25")
                                                           ).evaluation
     finally:
@@ -239,6 +239,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--url", help="cluster for BM25 and the engine run [default: "
                                       "MILCO_OS_URL]; without one only exact rows are given")
+    parser.add_argument("--engine-views", default="pivot+echo",
+                        help="views searched through OpenSearch, comma-separated, of "
+                             f"{', '.join(VIEWS)} (every view is scored exactly)")
     parser.add_argument("--index-prefix", default="xling-heldout")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for encoding")
     parser.add_argument("--out", type=Path, help="write xling.json and xling.md here")
@@ -258,6 +261,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if unknown or set(sets) - set(SETS):
         raise InputError(f"--langs/--sets: unknown {sorted(set(sets) - set(SETS)) + unknown}; "
                          f"languages are {', '.join(LANGUAGES)}, sets {', '.join(SETS)}")
+    engine_views = [v.strip() for v in args.engine_views.split(",") if v.strip()]
+    if set(engine_views) - set(VIEWS):
+        raise InputError(f"--engine-views: unknown {sorted(set(engine_views) - set(VIEWS))}; "
+                         f"views are {', '.join(VIEWS)}")
     holdout = Holdout.from_config(args.config)
     builders = {"ntrex": ntrex_heldout, "tatoeba": tatoeba_heldout}
     datasets = {name: builders[name](holdout, langs) for name in sets}
@@ -285,7 +292,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if url and folder == str(engine_model):
                 rows[name].update(engine_rows(label, encoder, folder, data,
                                               f"{args.index_prefix}-{name}",
-                                              ConnectionSettings(url=url)))
+                                              ConnectionSettings(url=url), engine_views))
             print(f"{label} on {name}: done after {time.time() - started:.0f} s",
                   file=sys.stderr)
     record = {"metric": METRIC, "languages": langs, "config": str(args.config),

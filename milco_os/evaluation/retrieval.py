@@ -75,10 +75,13 @@ def retrieve(retriever: Retriever, queries: Sequence[Query], k: int = 100,
             vectors = retriever.encode(texts)
             result.encode_seconds += time.perf_counter() - tick
             limit = retriever.engine.max_clause_count
-            result.query_terms += [count_terms(sent_terms(retriever.options.query(v, t), limit))
-                                   for v, t in zip(vectors, texts, strict=True)]
-            calls = [lambda v=v, t=t: retriever.search_vector(v, t, k)
+            terms = [count_terms(sent_terms(retriever.options.query(v, t), limit))
                      for v, t in zip(vectors, texts, strict=True)]
+            result.query_terms += terms
+            # A query left with no terms (a view the model lacks, pruned away) matches
+            # nothing; sent as an empty bool, the engine would return arbitrary documents.
+            calls = [(lambda v=v, t=t: retriever.search_vector(v, t, k)) if n else list
+                     for v, t, n in zip(vectors, texts, terms, strict=True)]
         else:
             calls = [lambda t=t: retriever.search([t], k)[0] for t in texts]
         for query, call in zip(batch, calls, strict=True):
