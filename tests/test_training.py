@@ -25,7 +25,6 @@ from transformers import BertConfig, BertForMaskedLM
 from milco_os.encoder import SparseEncoder
 from milco_os.models.milco import MilcoModel
 from milco_os.models.presets import init_model
-from milco_os.sparse import SparseVector, SparseView
 from milco_os.training.build import build_stage
 from milco_os.training.config import ConfigError, TrainConfig
 from milco_os.training.stages import AlignmentStage, ContrastiveStage
@@ -255,25 +254,3 @@ def test_deepspeed_zero2_optimizer_step_on_cpu(assets, tmp_path) -> None:
     assert torch.equal(trained.m_model.embeddings.word_embeddings.weight.isfinite(),
                        torch.ones_like(start.m_model.embeddings.word_embeddings.weight,
                                        dtype=torch.bool))
-
-
-def test_eval_xling_scores_are_exact_dot_products_and_qrels_align() -> None:
-    sys.path.insert(0, str(REPO / "training"))
-    import eval_xling
-
-    def vector(pivot: dict[int, float], echo: dict[int, float]) -> SparseVector:
-        return SparseVector(SparseView.from_pairs((i, f"p{i}", w) for i, w in pivot.items()),
-                            SparseView.from_pairs((i, f"m{i}", w) for i, w in echo.items()))
-
-    queries = [vector({1: 2.0, 5: 1.0}, {7: 3.0}), vector({2: 1.0}, {})]
-    docs = [vector({1: 0.5}, {7: 2.0}), vector({5: 4.0, 2: 1.0}, {8: 1.0})]
-    np.testing.assert_allclose(eval_xling.exact_scores(queries, docs),
-                               [[2.0 * 0.5 + 3.0 * 2.0, 1.0 * 4.0], [0.0, 1.0]])
-    np.testing.assert_allclose(eval_xling.exact_scores(queries, docs, ["echo"]),
-                               [[3.0 * 2.0, 0.0], [0.0, 0.0]])
-    np.testing.assert_allclose(eval_xling.exact_scores(queries, docs, ["pivot"]),
-                               [[2.0 * 0.5, 1.0 * 4.0], [0.0, 1.0]])
-    assert eval_xling.qrels_for("de", 10, 2) == {"de-8": {"8": 1}, "de-9": {"9": 1}}
-    run = eval_xling.run_from_scores(np.array([[0.0, 2.0], [1.0, 0.5]]), ["a", "b"])
-    assert eval_xling.ndcg10({"a": {"1": 1}, "b": {"1": 1}}, run) == pytest.approx(
-        (1.0 + 1.0 / np.log2(3)) / 2)
