@@ -125,6 +125,10 @@ def _run(config: Any, engine: Any, host: str, port: int, fd: int | None,
     server = uvicorn.Server(uvicorn.Config(
         app, host=host, port=port, fd=fd, access_log=access_log, log_level="info",
         timeout_graceful_shutdown=int(config.timeout_s) + 5, lifespan="on"))
+    # uvicorn re-raises the stop signal once it has shut down gracefully; with the default
+    # handlers that would kill the process (status -15) before it reports its own status.
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, lambda _signum, _frame: None)
     server.run()
     state = app.state.serve
     if state.load_error:
