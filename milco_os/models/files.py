@@ -53,9 +53,13 @@ def resolve_model_dir(path: str | Path, allow_patterns: list[str] | None = None)
 def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     """The weights of a model folder: model.safetensors, else pytorch_model.bin (fp32 pickle)."""
     if (folder / SAFETENSORS_NAME).is_file():
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(folder / SAFETENSORS_NAME)
+        try:
+            return load_file(folder / SAFETENSORS_NAME)
+        except SafetensorError as exc:  # truncated or not a safetensors file at all
+            raise CheckpointError(f"{folder / SAFETENSORS_NAME}: {exc}") from None
     if (folder / PICKLE_NAME).is_file():
         state = torch.load(folder / PICKLE_NAME, weights_only=True, map_location="cpu")
         if not isinstance(state, Mapping):
