@@ -143,6 +143,7 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
+    args.given_model = args.model_dir is not None  # else a random PRESET model
     if args.model_dir is None:
         args.model_dir = Path.home() / ".cache" / "milco-os" / f"bench-{args.preset}"
     if not (args.model_dir / "config.json").is_file():
@@ -171,7 +172,8 @@ def summarise(results: dict[str, dict], args: argparse.Namespace) -> dict:
                     "load_average_at_start": os.getloadavg()},
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__},
-        "settings": {"preset": args.preset, "model_dir": str(args.model_dir), "n": args.n,
+        "settings": {"preset": args.preset,
+                     "model_dir": str(args.model_dir) if args.given_model else None, "n": args.n,
                      "batch_size": args.batch_size,
                      "max_length": args.max_length, "texts": "NTREX-128, cycling languages"},
         "variants": results,
