@@ -38,7 +38,9 @@ def test_encode_reads_stdin_and_drops_specials(folder):
     result = run("encode", "--model", str(folder), "--json", "--drop-special", "-",
                  stdin="la ville\n\ndie Stadt\n")
     lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [line["text"] for line in lines] == ["la ville", "die Stadt"]
+    # a blank line keeps its place (an empty vector), so output lines match input lines
+    assert [line["text"] for line in lines] == ["la ville", "", "die Stadt"]
+    assert lines[1]["pivot"] == {} and lines[1]["echo"] == {}
     assert not {"<s>", "</s>"} & set(lines[0]["echo"])
 
 
