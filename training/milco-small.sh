@@ -11,7 +11,10 @@
 #      runs/xling/xling.{json,md}.
 # Run from the repository root after ./dev setup: `bash training/milco-small.sh`;
 # `bash training/milco-small.sh eval` runs step 5 alone on the latest checkpoints.
-# Budgets: STEPS / MINUTES (stage 1), ROWS, SCT_STEPS / SCT_MINUTES (stage 2). Step 5
+# Budgets: STEPS / MINUTES (stage 1), MINUTES2 (a resumed second stage-1 leg), ROWS,
+# SCT_STEPS / SCT_MINUTES (stage 2; SCT_STEPS=0 skips it). The shipped weights came from
+# `MINUTES2=20 SCT_STEPS=0 bash training/milco-small.sh` (stage 1 stopped by its budgets
+# at steps 409 and 574), then `training/export_milco_small.py`. Step 5
 # uses MILCO_OS_URL when set, else starts (and stops) a local OpenSearch named xling.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,12 +31,19 @@ if [ "${1:-all}" != eval ]; then
   fi
   nice -n 10 $py training/sap.py --config training/configs/milco-small.yaml \
       "max_steps=${STEPS:-900}" "max_minutes=${MINUTES:-68}"
-  $py training/mine_distillation.py --config training/configs/milco-small.yaml \
-      --rows "${ROWS:-24000}" --out runs/milco-small-distillation.jsonl
-  nice -n 10 $py training/sct.py --config training/configs/milco-small-sct.yaml \
-      "model.path=$(latest runs/milco-small-sap)" \
-      "max_steps=${SCT_STEPS:-300}" "max_minutes=${SCT_MINUTES:-26}"
+  if [ "${MINUTES2:-0}" != 0 ]; then  # a second stage-1 leg: the same run, resumed
+    nice -n 10 $py training/sap.py --config training/configs/milco-small.yaml \
+        "max_steps=${STEPS:-900}" "max_minutes=$MINUTES2" --resume "$(latest runs/milco-small-sap)"
+  fi
+  if [ "${SCT_STEPS:-300}" != 0 ]; then
+    $py training/mine_distillation.py --config training/configs/milco-small.yaml \
+        --rows "${ROWS:-24000}" --out runs/milco-small-distillation.jsonl
+    nice -n 10 $py training/sct.py --config training/configs/milco-small-sct.yaml \
+        "model.path=$(latest runs/milco-small-sap)" \
+        "max_steps=${SCT_STEPS:-300}" "max_minutes=${SCT_MINUTES:-26}"
+  fi
 fi
+final=$(latest runs/milco-small-sct 2>/dev/null || latest runs/milco-small-sap)
 
 started=""
 if [ -z "${MILCO_OS_URL:-}" ]; then
@@ -42,5 +52,5 @@ if [ -z "${MILCO_OS_URL:-}" ]; then
 fi
 export MILCO_OS_URL
 trap '[ -z "$started" ] || .venv/bin/milco-os cluster down --name "$started"' EXIT
-nice -n 10 $py training/eval_xling.py --model "$(latest runs/milco-small-sct)" \
+nice -n 10 $py training/eval_xling.py --model "$final" \
     --threads "${THREADS:-2}" --out runs/xling
