@@ -41,7 +41,7 @@ from milco_os.evaluation import (
 from milco_os.ingest import Ingestor
 from milco_os.models.presets import init_model
 from milco_os.search import Searcher
-from milco_os.spec import IngestSpec
+from milco_os.spec import EncodeFields, IngestSpec
 
 METRICS = ["nDCG@10", "R@100", "RR@10"]
 WORDS = {
@@ -328,7 +328,9 @@ def test_sweep_api_searches_each_view_as_the_exact_dot_products_of_that_view(
                     build=BuildOptions(), log=logged.append).run_all(systems)
     assert engine.count("fx-api") == 40 and any("building index" in line for line in logged)
     docs = list(data.corpus(None)())
-    doc_vectors = encoder.encode([d.text for d in docs], kind="document")
+    # the index encodes each document as title + " " + text
+    doc_vectors = encoder.encode([EncodeFields().text(d.title, d.text) for d in docs],
+                                 kind="document")
     query_vectors = encoder.encode([q.text for q in data.queries], kind="query")
     for name, views in (("milco", ("pivot", "echo")), ("pivot-only", ("pivot",)),
                         ("echo-only", ("echo",))):
