@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from milco_os.evaluation.scoring import Evaluation
+
+class Evaluation(Protocol):
+    """What a table reads of an evaluation (``milco_os.evaluation.Evaluation``); a
+    protocol, so that scoring, which renders its own table, does not import back."""
+
+    metrics: Sequence[str]
+    per_language: Mapping[str, Mapping[str, float]]
+    average: Mapping[str, float]
+    cost: Mapping[str, Any]
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 1) -> str:
