@@ -204,7 +204,9 @@ def test_chunked_pooling_equals_full_pooling_with_gradients(tiny):
         grads.append(h.grad)
     for pooled, grad in zip(results[1:], grads[1:], strict=True):
         assert torch.allclose(pooled, results[0], atol=1e-6)
-        assert torch.allclose(grad, grads[0], atol=1e-5)
+        # gradients are sums over the vocabulary: chunking reorders them, so fp32 rounding
+        # is relative to the largest gradient (values reach the hundreds with real heads)
+        assert torch.allclose(grad, grads[0], atol=1e-6 * grads[0].abs().max().item())
 
 
 def test_echo_off_has_no_echo_keys(tmp_path):
