@@ -177,8 +177,9 @@ class ClusterEngine(Engine):
         return {
             "index": index,
             "meta": mapping["mappings"].get("_meta", {}),
-            "docs": stats["docs"]["count"],
-            "store_bytes": stats["store"]["size_in_bytes"],
+            # a just-created index has no started primaries yet: its stats are empty
+            "docs": stats.get("docs", {}).get("count", 0),
+            "store_bytes": stats.get("store", {}).get("size_in_bytes", 0),
             "settings": {
                 "shards": int(index_settings["number_of_shards"]),
                 "replicas": int(index_settings["number_of_replicas"]),
