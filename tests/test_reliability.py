@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -148,23 +150,28 @@ def test_retries_zero_means_one_attempt(cluster_url, index_name, tmp_path) -> No
 
 def test_sigint_mid_ingest_prints_the_report_and_exits_2(cluster_url, index_name,
                                                          tmp_path) -> None:
+    """A real ``milco-os ingest`` process, fed half a corpus through a FIFO, then SIGINT
+    while it waits for more: exit 2, the report, and what it read is indexed."""
     fifo = tmp_path / "stream.jsonl"
     os.mkfifo(fifo)
     rows = [json.dumps(r) + "\n" for r in write_corpus(tmp_path / "c.jsonl", 30)]
-
-    def feed() -> None:  # half the corpus, then SIGINT while ingest waits for more
-        with open(fifo, "w") as out:
-            out.writelines(rows[:15])
-            out.flush()
-            time.sleep(8)  # the ingest has read them and waits for more
-            os.kill(os.getpid(), signal.SIGINT)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "milco_os.cli", "ingest", "--index", index_name, "--url",
+         cluster_url, "--quiet", "--input", str(fifo)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with open(fifo, "w") as out:
+        out.writelines(rows[:15])
+        out.flush()
+        # wait until the ingest has read and indexed them (it then waits for more)
+        engine = engine_for(cluster_url)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not (
+                engine.index_exists(index_name) and engine.count(index_name) == 15):
             time.sleep(1)
-
-    thread = threading.Thread(target=feed)
-    thread.start()
-    code, report, stderr = ingest_cli(cluster_url, index_name, "--input", fifo)
-    thread.join()
-    assert code == 2 and "interrupted" in stderr, stderr
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=300)
+    report = json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
+    assert process.returncode == 2 and "interrupted" in stderr, stderr
     assert report["read"] == 15 and report["indexed"] == 15
 
 
