@@ -107,9 +107,10 @@ class SparseModel(nn.Module, ABC):
 
     # ----- what the model is -----
     @property
-    @abstractmethod
     def pivot_vocab_size(self) -> int:
-        """Size of the pivot vocabulary (the columns of ``pivot_logits``)."""
+        """Size of the pivot vocabulary (the columns of ``pivot_logits``); a single-backbone
+        model's own vocabulary unless a subclass says otherwise."""
+        return self.config.vocab_size
 
     @property
     def echo_vocab_size(self) -> int:
@@ -117,9 +118,9 @@ class SparseModel(nn.Module, ABC):
         return 0
 
     @property
-    @abstractmethod
     def max_input_positions(self) -> int:
         """Longest input, in tokens, the position embeddings allow."""
+        return self.config.max_position_embeddings
 
     @property
     def has_echo(self) -> bool:

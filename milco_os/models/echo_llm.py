@@ -198,14 +198,6 @@ class EchoLlmModel(SparseModel):
             tie_decoder_bias(self.mlm_head)
         self.tokenizer_dirs: dict[str, Path] = {}
 
-    @property
-    def pivot_vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def max_input_positions(self) -> int:
-        return self.config.max_position_embeddings
-
     # ----- parts -----
     def backbone(self) -> PreTrainedModel:
         """The transformers model (LoRA layers, when added, sit inside it)."""

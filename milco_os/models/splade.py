@@ -32,14 +32,6 @@ class SpladeModel(SparseModel):
         model.eval()
         return model.to(device=device, dtype=dtype)
 
-    @property
-    def pivot_vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def max_input_positions(self) -> int:
-        return self.config.max_position_embeddings
-
     def encode_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.mlm.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
