@@ -199,8 +199,9 @@ def test_chunked_pooling_equals_unchunked_with_and_without_gradients(model):
         hidden = model.encode_states(ids, mask)
         full = masked_max_logits(model.pivot_head, hidden, mask, None)
         for chunk in (1, 3, 0):
+            # chunked matmuls may round differently in the last bit of fp32
             torch.testing.assert_close(model.pivot_from_states(hidden, mask, chunk), full,
-                                       rtol=0, atol=0)
+                                       rtol=0, atol=1e-6)
     weight = model.backbone().lm_head.weight
     grads = []
     for pool in (lambda h: masked_max_logits(model.pivot_head, h, mask, None),
