@@ -209,8 +209,11 @@ def read_files(paths: Sequence[str | Path], fields: FieldMap | None = None) -> I
     paths = [Path(p) for p in paths]
     readers = {p: _reader(p) for p in paths}  # fail on a bad name before reading anything
     for path in paths:
-        if not path.is_file():
+        # Pipes and /dev/stdin are inputs too: only a missing path or a folder is refused.
+        if not path.exists():
             raise MissingInputError(f"input file not found: {path}")
+        if path.is_dir():
+            raise MissingInputError(f"input is a folder, not a file: {path}")
     return _number(((row, str(p)) for p in paths for row in _rows(p, readers[p])), fields)
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from pathlib import Path
@@ -148,6 +151,29 @@ def test_retries_zero_means_one_attempt(cluster_url, index_name, tmp_path) -> No
     assert code == 0 and report["indexed"] == 5, stderr
 
 
+def unread_bytes(pipe) -> int:
+    return struct.unpack("i", fcntl.ioctl(pipe.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+
+
+def open_fifo_for(process: subprocess.Popen, fifo: Path):
+    """The writing end of ``fifo`` once ``process`` has opened it; its stderr if it died first
+    (a blocking open would wait forever for a reader that is gone)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"ingest exited {process.returncode} before reading: "
+                        f"{process.stderr.read()}")
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # ENXIO: no reader yet
+            time.sleep(0.2)
+            continue
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "w")
+    process.kill()
+    pytest.fail("ingest never opened its input")
+
+
 def test_sigint_mid_ingest_prints_the_report_and_exits_2(cluster_url, index_name,
                                                          tmp_path) -> None:
     """A real ``milco-os ingest`` process, fed half a corpus through a FIFO, then SIGINT
@@ -159,15 +185,14 @@ def test_sigint_mid_ingest_prints_the_report_and_exits_2(cluster_url, index_name
         [sys.executable, "-m", "milco_os.cli", "ingest", "--index", index_name, "--url",
          cluster_url, "--quiet", "--input", str(fifo)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    with open(fifo, "w") as out:
+    with open_fifo_for(process, fifo) as out:
         out.writelines(rows[:15])
         out.flush()
-        # wait until the ingest has read and indexed them (it then waits for more)
-        engine = engine_for(cluster_url)
+        # wait until the ingest has drained the pipe (its batch is not full: it waits for more)
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not (
-                engine.index_exists(index_name) and engine.count(index_name) == 15):
-            time.sleep(1)
+        while time.monotonic() < deadline and unread_bytes(out) > 0:
+            time.sleep(0.2)
+        time.sleep(2)  # the lines it read are parsed and counted before it reads again
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=300)
     report = json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
