@@ -75,6 +75,21 @@ def test_unsupported_or_missing_files_fail_before_reading(tmp_path: Path) -> Non
         read_files([tmp_path / "c.xml"])
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         read_files([tmp_path / "nope.jsonl"])
+    (tmp_path / "folder.jsonl").mkdir()
+    with pytest.raises(FileNotFoundError, match="is a folder"):
+        read_files([tmp_path / "folder.jsonl"])
+
+
+def test_a_named_pipe_is_read_like_a_file(tmp_path: Path) -> None:
+    import os
+    import threading
+
+    fifo = tmp_path / "stream.jsonl"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text('{"id": "a", "text": "x"}\n'))
+    writer.start()
+    assert [d.id for d in read_files([fifo])] == ["a"]
+    writer.join(timeout=10)
 
 
 def test_bad_records_say_which_field(tmp_path: Path) -> None:
