@@ -130,7 +130,10 @@ def test_mapping_uses_only_what_the_cluster_has(engine: ClusterEngine, server) -
         pivot = mapping["properties"]["pivot"]
         if server.engine == "elasticsearch":
             assert pivot["type"] == "sparse_vector"
-            assert pivot.get("index_options") == {"prune": False}
+            # index-time pruning (and so its switch) exists from 8.19 and 9.1 on
+            version = tuple(int(part) for part in server.version.split("."))
+            prunes = version >= (9, 1) or (8, 19) <= version < (9,)
+            assert pivot.get("index_options") == ({"prune": False} if prunes else None)
         else:
             assert pivot == {"type": "rank_features"}
     finally:
@@ -186,9 +189,10 @@ def test_clause_limit(engine: ClusterEngine, index: str) -> None:
         assert hits[0].score == pytest.approx(sum(w * w for w in terms.values()), rel=PRECISION)
         return
     assert limit == 1024
-    with pytest.raises(EngineError, match="(?i)maxClauseCount|too_many_nested_clauses"):
-        engine.raw_search(index, build_search_body(query, flavour=engine.query_flavour,
-                                                   max_clause_count=None))
+    unbounded = build_search_body(query, flavour=engine.query_flavour, max_clause_count=None)
+    if engine.name == "opensearch":  # Elasticsearch 8.x sizes its real limit from the heap
+        with pytest.raises(EngineError, match="(?i)maxClauseCount|too_many_nested_clauses"):
+            engine.raw_search(index, unbounded)
     with pytest.warns(QueryPrunedWarning, match="max_clause_count"):
         hits = engine.search(index, query)
     kept = sorted(terms.values())[-1024:]  # the highest-weighted terms

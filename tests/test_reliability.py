@@ -231,6 +231,15 @@ def test_a_401_without_a_body_says_unauthorized() -> None:
     assert "HTTP 401: Unauthorized (check the user" in str(classify_error("GET", "/", 401, None))
 
 
+def test_all_shards_failed_says_why_the_first_shard_failed() -> None:
+    error = {"type": "search_phase_execution_exception", "reason": "all shards failed",
+             "failed_shards": [{"shard": 0, "reason": {
+                 "type": "too_many_nested_clauses", "reason": "maxClauseCount is set to 1024"}}]}
+    message = str(classify_error("POST", "/x/_search", 400, error))
+    assert message.endswith("all shards failed (caused by too_many_nested_clauses: "
+                            "maxClauseCount is set to 1024)"), message
+
+
 def test_index_delete_missing_ok_says_nothing_was_deleted(cluster_url) -> None:
     result = CliRunner().invoke(main, ["index", "delete", "never-made", "--missing-ok", "--yes",
                                        "--url", cluster_url])

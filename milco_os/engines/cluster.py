@@ -39,8 +39,14 @@ def error_reason(error: Any) -> str:
     if not isinstance(error, dict):
         return str(error)
     text = f"{error.get('type', 'error')}: {error.get('reason', '')}"
-    cause = error.get("caused_by")
+    cause = error.get("caused_by") or _shard_cause(error)
     return f"{text} (caused by {error_reason(cause)})" if cause else text
+
+
+def _shard_cause(error: dict[str, Any]) -> Any:
+    """The first shard's own reason: "all shards failed" alone does not say why."""
+    shards = error.get("failed_shards") or []
+    return shards[0].get("reason") if shards and isinstance(shards[0], dict) else None
 
 
 def classify_error(method: str, path: str, status: int, error: Any) -> EngineError:
