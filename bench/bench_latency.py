@@ -14,7 +14,7 @@ query so that load from other processes hits them alike:
 Each runs idle and then with a co-located CPU load: a busy loop pinned to the
 last core. The load average is recorded before each condition.
 
-    python bench/bench_latency.py --model runs/milco-small-sap/checkpoint-200 [--quick]
+    python bench/bench_latency.py --model milco-small [--quick]
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 from common import latency_stats, save_result
 from milco_corpus import sentences
+
+from milco_os.models.registry import resolve_model
 
 BUSY_LOOP = "import os; os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})\nwhile True: pass"
 
@@ -132,7 +134,8 @@ def run(model: Path, quick: bool) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--model", type=resolve_model, required=True,
+                        help="model folder or name (milco-small)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     print(save_result("latency", run(args.model, args.quick)))

@@ -9,7 +9,7 @@ overlap with the exact scan's top 10. A small sweep of the search settings
 (candidates per column group, Seismic's query_cut and heap_factor) reports the
 fastest setting reaching recall@10 >= 0.99, and the shipped defaults.
 
-    python bench/bench_local.py --model runs/milco-small-sap/checkpoint-200 --docs 1000000
+    python bench/bench_local.py --model milco-small --docs 1000000
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from common import latency_stats, measure, save_result
 from milco_corpus import Vectors, encode_real, synthetic_cached
+
+from milco_os.models.registry import resolve_model
 
 K = 10
 SEGMENT_DOCS = 50_000
@@ -125,7 +127,8 @@ def run(model: Path, n_docs: int, n_real: int, n_queries: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--model", type=resolve_model, required=True,
+                        help="model folder or name (milco-small)")
     parser.add_argument("--docs", type=int, default=100_000)
     parser.add_argument("--real", type=int, default=6000,
                         help="real documents encoded for the term statistics")

@@ -19,7 +19,7 @@ All in one run, on the same index:
   vectors of real sentences, against the same texts without vectors (BM25 only).
 
     MILCO_OS_URL=http://127.0.0.1:9200 python bench/bench_opensearch.py \\
-        --model runs/milco-small-sap/checkpoint-200 --docs 100000
+        --model milco-small --docs 100000
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 from common import cluster_url, force_merge, latency_stats, measure, save_result
 from milco_corpus import Vectors, encode_real, synthetic_cached
+
+from milco_os.models.registry import resolve_model
 
 K = 10
 TWO_PHASE = [(ratio, rate) for ratio in (0.4, 0.3, 0.2, 0.1) for rate in (5.0, 10.0, 20.0)]
@@ -187,7 +189,8 @@ def run(model: Path, n_docs: int, n_real: int, n_queries: int, n_encode_ingest: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--model", type=resolve_model, required=True,
+                        help="model folder or name (milco-small)")
     parser.add_argument("--docs", type=int, default=100_000)
     parser.add_argument("--real", type=int, default=6000)
     parser.add_argument("--queries", type=int, default=100)

@@ -7,7 +7,7 @@ simulated by pointing ``PYTHONPYCACHEPREFIX`` at an empty folder, so the compile
 files of the install are not found. "with": the install as ``./dev setup`` makes it
 (``uv pip install --compile-bytecode``). Runs alternate (A B A B); medians are reported.
 
-    python bench/bench_startup.py --model runs/milco-small-sap/checkpoint-200
+    python bench/bench_startup.py --model milco-small
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from pathlib import Path
 
 from common import save_result
 from milco_corpus import encode_real
+
+from milco_os.models.registry import resolve_model
 
 CLI = Path(sys.executable).with_name("milco-os")
 
@@ -96,7 +98,8 @@ def run(model: Path, n_docs: int, repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--model", type=resolve_model, required=True,
+                        help="model folder or name (milco-small)")
     parser.add_argument("--docs", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()

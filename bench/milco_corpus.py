@@ -19,7 +19,7 @@ the model's; co-occurrence between terms is not kept, and only terms seen in the
 encoded real documents occur (with ~1,000 of them, the vocabulary is smaller and
 posting lists longer than a full encoding would give: slower for every engine alike).
 
-    python bench/milco_corpus.py --model runs/milco-small-sap/checkpoint-200 --n 6000
+    python bench/milco_corpus.py --model milco-small --n 6000
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 from common import CACHE, SHARED
+
+from milco_os.models.registry import resolve_model
 
 VIEWS = ("pivot", "echo")
 CHUNK = 500
@@ -227,7 +229,8 @@ def pivot_corpus(model: Path, n_docs: int, n_queries: int, n_real: int = 1000
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--model", type=resolve_model, required=True,
+                        help="model folder or name (milco-small)")
     parser.add_argument("--n", type=int, default=6000, help="real documents to encode")
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--synthetic", type=int, default=0, help="synthetic documents")

@@ -7,7 +7,7 @@
 2. Query latency p50 and recall@10 vs query terms, read from
    ``bench/results/query.json`` (``bench/run.py``): ``latency_vs_pruning.png``.
 
-    python bench/pruning_curve.py --model runs/milco-small-sct/checkpoint-300
+    python bench/pruning_curve.py --model milco-small
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@
                         [--quick] [--model MILCO_FOLDER]
 
 Benchmarks (each measures milco-os against a named baseline in the same run). The
-trained MILCO is ``--model`` (default: ``$MILCO_OS_BENCH_MODEL``, else the newest
-``runs/milco-small-*/checkpoint-*``); its corpora are ``milco_corpus.py``'s (real
+trained MILCO is ``--model`` (default: ``$MILCO_OS_BENCH_MODEL``, else the shipped
+milco-small); its corpora are ``milco_corpus.py``'s (real
 vectors of real multilingual sentences, and synthetic passages drawn from their
 term statistics):
 
@@ -53,14 +53,10 @@ START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
 def default_model() -> Path:
-    """``$MILCO_OS_BENCH_MODEL``, else the newest milco-small checkpoint under runs/."""
-    if env := os.environ.get("MILCO_OS_BENCH_MODEL"):
-        return Path(env)
-    found = sorted(ROOT.glob("runs/milco-small-*/checkpoint-*/config.json"),
-                   key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise SystemExit("no trained MILCO: pass --model or set MILCO_OS_BENCH_MODEL")
-    return found[-1].parent
+    """``$MILCO_OS_BENCH_MODEL``, else the shipped milco-small (assembled on first use)."""
+    from milco_os.models.registry import resolve_model
+
+    return resolve_model(os.environ.get("MILCO_OS_BENCH_MODEL", "milco-small"))
 
 
 def run_encode(quick: bool, model: Path) -> None:
@@ -354,7 +350,7 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(BENCHMARKS),
                         help=f"comma-separated subset of {', '.join(BENCHMARKS)}")
     parser.add_argument("--quick", action="store_true", help="small sizes (~10 minutes)")
-    parser.add_argument("--model", type=Path, help="trained MILCO folder [default: see above]")
+    parser.add_argument("--model", help="trained MILCO folder or name [default: see above]")
     parser.add_argument("--table-only", action="store_true",
                         help="only refresh the README table from bench/results/*.json")
     args = parser.parse_args()
@@ -366,7 +362,9 @@ def main() -> None:
         chosen = []
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     needs_cluster = set(chosen) & {"opensearch", "ingest", "query", "scaling"}
-    model = args.model or (default_model() if chosen else None)
+    if args.model:
+        os.environ["MILCO_OS_BENCH_MODEL"] = args.model
+    model = default_model() if chosen else None
     with cluster_url() if needs_cluster else contextlib.nullcontext() as url:
         if url:
             os.environ["MILCO_OS_URL"] = url  # one cluster for every benchmark of the run
