@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import command_line
+
 ROOT = Path(__file__).resolve().parents[1]
 NTREX = ROOT.parent / "shared" / "data" / "ntrex128"
 VARIANTS = ("naive", "sparse-encoder", "sparse-encoder-bf16")
@@ -166,7 +168,7 @@ def summarise(results: dict[str, dict], args: argparse.Namespace) -> dict:
                for name, r in results.items()}
     base = results.get("naive")
     report = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": command_line(),
         "machine": {"cpu": platform.processor() or platform.machine(),
                     "cores": os.cpu_count(), "threads": args.threads,
                     "load_average_at_start": os.getloadavg()},

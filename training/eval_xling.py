@@ -55,6 +55,12 @@ LANGUAGES = {"zh": ("zho-CN", "cmn"), "ar": ("arb", "ara"), "hi": ("hin", "hin")
              "fr": ("fra", "fra"), "fa": ("fas", "pes"), "tr": ("tur", "tur"),
              "vi": ("vie", "vie")}
 DEFAULT_CONFIG = REPO / "training" / "configs" / "milco-small.yaml"
+
+
+def repo_relative(path: Path) -> str:
+    """``path`` as written from the repository root when it is inside it (results travel)."""
+    path = path.resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 METRIC = "nDCG@10"
 VIEWS = {"pivot": ("pivot",), "echo": ("echo",), "pivot+echo": ("pivot", "echo")}
 SWEEP_VIEWS = {"pivot": "pivot", "echo": "echo", "pivot+echo": "both"}  # Sweep's names
@@ -295,7 +301,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                               ConnectionSettings(url=url), engine_views))
             print(f"{label} on {name}: done after {time.time() - started:.0f} s",
                   file=sys.stderr)
-    record = {"metric": METRIC, "languages": langs, "config": str(args.config),
+    record = {"metric": METRIC, "languages": langs, "config": repo_relative(args.config),
               "command": " ".join(["python", "training/eval_xling.py", *sys.argv[1:]]),
               "seconds": round(time.time() - started),
               "sets": {name: table_record(r, langs) for name, r in rows.items()}}
