@@ -74,8 +74,10 @@ def vec(pivot: dict[str, float], echo: dict[str, float] | None = None) -> Sparse
 def test_create_index_sends_the_sparse_vector_mapping() -> None:
     engine, requests = engine_with(lambda m, t, b: (200, {"acknowledged": True}))
     engine.create_index("news", meta=META, shards=2)
-    method, target, headers, body = requests[-1]
+    (method, target, headers, body), wait = requests[-2:]
     assert (method, target) == ("PUT", "/news")
+    # then it waits for the master to report the new index yellow
+    assert wait[:2] == ("GET", "/_cluster/health/news?wait_for_status=yellow&timeout=60s")
     assert headers["content-type"] == "application/json"  # 8.x refuses 9.x compatibility
     sent = json.loads(body)
     assert sent["mappings"]["properties"]["pivot"] == {"type": "sparse_vector",
@@ -90,7 +92,7 @@ def test_create_index_sends_the_sparse_vector_mapping() -> None:
 def test_prune_false_is_sent_where_index_time_pruning_exists(version, index_options) -> None:
     engine, requests = engine_with(lambda m, t, b: (200, {"acknowledged": True}), version)
     engine.create_index("news", meta=META)
-    sent = json.loads(requests[-1][3])["mappings"]["properties"]["pivot"]
+    sent = json.loads(requests[-2][3])["mappings"]["properties"]["pivot"]
     assert sent == {"type": "sparse_vector", **({"index_options": index_options}
                                                  if index_options else {})}
 

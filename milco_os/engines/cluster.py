@@ -133,6 +133,20 @@ class ClusterEngine(Engine):
         except IndexExistsError:  # created by a concurrent worker since the check above
             if not exist_ok:
                 raise
+        self._wait_for_primaries(index)
+
+    def _wait_for_primaries(self, index: str) -> None:
+        """Return once the master reports the new index yellow: on a busy multi-node cluster
+        the PUT can answer before every node knows the index, and the next request, sent to
+        another node, would find no such index. A wait that times out (408), or that this
+        user may not ask for (403), is not an error: what follows retries on its own."""
+        try:
+            # in the path: opensearch-py would take a ``timeout`` parameter for its own
+            self.request("GET", f"/_cluster/health{_path(index)}?wait_for_status=yellow"
+                                f"&timeout={int(self.settings.timeout)}s")
+        except EngineError as exc:
+            if exc.status not in (403, 408):
+                raise
 
     def mapping_options(self) -> dict[str, Any]:
         """What the index mapping may use on this cluster (see :func:`index_body`)."""
