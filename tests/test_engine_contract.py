@@ -102,6 +102,8 @@ def test_index_lifecycle(engine: ClusterEngine, index: str) -> None:
     assert info["settings"] == {"shards": 1, "replicas": 0, "refresh_interval": "5s"}
     put(engine, name, [("a#0", build_source("a", 0, vec({"x": 1.0})))])
     assert engine.count(name) == 1 and engine.index_info(name)["docs"] == 1
+    # the size is read now, not from the store stats the engine caches for 10 s
+    assert engine.index_info(name)["store_bytes"] > 1000
     assert engine.existing_ids(name, ["a#0", "b#0"]) == {"a#0"}
     assert engine.get_sources(name, ["a#0"])["a#0"]["pivot"] == {"x": 1.0}  # vectors come back
     engine.delete_index(name)

@@ -199,13 +199,27 @@ class ClusterEngine(Engine):
             "meta": mapping["mappings"].get("_meta", {}),
             # a just-created index has no started primaries yet: its stats are empty
             "docs": stats.get("docs", {}).get("count", 0),
-            "store_bytes": stats.get("store", {}).get("size_in_bytes", 0),
+            "store_bytes": self._primary_segment_bytes(
+                index, stats.get("store", {}).get("size_in_bytes", 0)),
             "settings": {
                 "shards": int(index_settings["number_of_shards"]),
                 "replicas": int(index_settings["number_of_replicas"]),
                 "refresh_interval": index_settings.get("refresh_interval"),
             },
         }
+
+    def _primary_segment_bytes(self, index: str, cached: int) -> int:
+        """Bytes of the primaries' segments, read now: the store size in ``_stats`` is cached
+        for ``index.store.stats_refresh_interval`` (10 s), so right after an ingest it can
+        still say the index is empty. ``cached`` when the segments cannot be listed."""
+        try:
+            segments = self.request("GET", f"/_cat/segments{_path(index)}",
+                                    params={"format": "json", "bytes": "b", "h": "prirep,size"})
+        except EngineError as exc:
+            if isinstance(exc, TransientEngineError):
+                raise
+            return cached
+        return sum(int(s["size"]) for s in segments if s.get("prirep") in ("p", "primary"))
 
     def bulk_index(
         self, index: str, docs: Sequence[tuple[str, dict[str, Any]]]
