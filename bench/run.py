@@ -1,7 +1,7 @@
 """Run every benchmark, write ``bench/results/*.json`` and refresh README.md's table.
 
     python bench/run.py [--only encode,latency,local,opensearch,startup,ingest,query,scaling]
-                        [--quick] [--model MILCO_FOLDER]
+                        [--quick] [--model FOLDER_OR_NAME]
 
 Benchmarks (each measures milco-os against a named baseline in the same run). The
 trained MILCO is ``--model`` (default: ``$MILCO_OS_BENCH_MODEL``, else the shipped
@@ -52,11 +52,12 @@ REAL_DOCUMENTS = (1000, 1000)  # real passages encoded for the term statistics (
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
-def default_model() -> Path:
-    """``$MILCO_OS_BENCH_MODEL``, else the shipped milco-small (assembled on first use)."""
+def bench_model(given: str | None) -> Path:
+    """``given``, else ``$MILCO_OS_BENCH_MODEL``, else the shipped milco-small (assembled on
+    first use)."""
     from milco_os.models.registry import resolve_model
 
-    return resolve_model(os.environ.get("MILCO_OS_BENCH_MODEL", "milco-small"))
+    return resolve_model(given or os.environ.get("MILCO_OS_BENCH_MODEL", "milco-small"))
 
 
 def run_encode(quick: bool, model: Path) -> None:
@@ -364,9 +365,7 @@ def main() -> None:
         chosen = []
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     needs_cluster = set(chosen) & {"opensearch", "ingest", "query", "scaling"}
-    if args.model:
-        os.environ["MILCO_OS_BENCH_MODEL"] = args.model
-    model = default_model() if chosen else None
+    model = bench_model(args.model) if chosen else None
     with cluster_url() if needs_cluster else contextlib.nullcontext() as url:
         if url:
             os.environ["MILCO_OS_URL"] = url  # one cluster for every benchmark of the run
