@@ -160,6 +160,28 @@ def test_sct_with_frozen_encoder_and_pivot_trains_the_echo_head_only(assets, tmp
     assert mean_loss(stage, "kl", n_batches=2) < before
 
 
+def test_echo_lr_puts_the_echo_head_in_its_own_group_at_that_rate(assets, tmp_path) -> None:
+    cfg = make_config(assets, tmp_path, stage="sct", lr=1e-4, echo_lr=5e-3, warmup_steps=0,
+                      max_steps=4)
+    stage = build_stage(cfg)
+    trainer = Trainer(cfg, stage)
+    pivot, echo = trainer.optimizer.param_groups
+    assert {id(p) for p in echo["params"]} == {id(p) for p in stage.model.echo_parameters()}
+    assert len(pivot["params"]) + len(echo["params"]) == sum(
+        p.requires_grad for p in stage.model.parameters())
+    assert (pivot["lr"], echo["lr"]) == pytest.approx((1e-4, 5e-3))
+    head_before = stage.model.echo.weight.detach().clone()
+    trainer.train()
+    assert not torch.equal(stage.model.echo.weight, head_before)
+    assert trainer.scheduler.base_lrs == pytest.approx([1e-4, 5e-3])  # one schedule, both
+
+
+def test_echo_lr_without_an_echo_head_is_refused(assets, tmp_path) -> None:
+    cfg = make_config(assets, tmp_path, stage="sap", echo_lr=1e-3, max_steps=1)
+    with pytest.raises(ConfigError, match="no trainable echo head"):
+        Trainer(cfg, build_stage(cfg))
+
+
 def test_freezing_parts_needs_a_milco_student(assets, tmp_path) -> None:
     cfg = make_config(assets, tmp_path, stage="sct", model={"path": str(assets["teacher"])},
                       freeze_pivot=True)

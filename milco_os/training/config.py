@@ -49,6 +49,8 @@ class TrainConfig:
     pad_to_multiple_of: int | None = None
     # optimisation
     lr: float = 2e-5
+    # a fresh echo head next to a pretrained pivot view wants a higher rate than it (stage 2)
+    echo_lr: float | None = None
     weight_decay: float = 0.0
     warmup_steps: int | None = None
     warmup_ratio: float = 0.0

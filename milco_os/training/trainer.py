@@ -37,7 +37,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from milco_os.training.config import TrainConfig
+from milco_os.models.base import SparseModel
+from milco_os.training.config import ConfigError, TrainConfig
 from milco_os.training.data import LengthGroupedBatches
 
 STATE_DIR = "trainer_state"
@@ -176,10 +177,21 @@ def warmup_for(cfg: TrainConfig, steps: int) -> int:
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; with ``cfg.echo_lr`` the echo head and scale
+    are a second group at that rate (the schedule scales both groups alike)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.echo_lr is None:
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    echo = model.echo_parameters() if isinstance(model, SparseModel) else []
+    echo_ids = {id(p) for p in echo if p.requires_grad}
+    if not echo_ids:
+        raise ConfigError("echo_lr is set but the model has no trainable echo head")
+    groups = [{"params": [p for p in params if id(p) not in echo_ids], "lr": cfg.lr},
+              {"params": [p for p in params if id(p) in echo_ids], "lr": cfg.echo_lr}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr,
+                             weight_decay=cfg.weight_decay)
 
 
 def build_scheduler(cfg: TrainConfig, steps: int) -> Callable[[torch.optim.Optimizer], Any]:
@@ -226,7 +238,8 @@ class Trainer:
 
     Example (one process, a few steps of the tiny alignment config)::
 
-        from milco_os.training.config import TrainConfig
+        from milco_os.models.base import SparseModel
+from milco_os.training.config import ConfigError, TrainConfig
         from milco_os.training.build import build_stage
         cfg = TrainConfig.from_file("training/configs/tiny.yaml", ["max_steps=5"])
         Trainer(cfg, build_stage(cfg)).train()
@@ -252,6 +265,9 @@ class Trainer:
         import deepspeed
 
         ds = deepspeed_config(self.cfg)
+        if "optimizer" in ds and self.cfg.echo_lr is not None:
+            raise ConfigError("echo_lr needs the loop's optimizer: drop 'optimizer' from "
+                              f"{self.cfg.deepspeed}")
         optimizer = None if "optimizer" in ds else build_optimizer(self.cfg, self.stage.model)
         params = [p for p in self.stage.model.parameters() if p.requires_grad]
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
