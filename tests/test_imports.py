@@ -56,3 +56,15 @@ def test_the_cycle_finder_finds_a_cycle(tmp_path, monkeypatch):
 
 def test_no_import_cycles_among_milco_os_modules():
     assert cycles(grimp.build_graph("milco_os")) == []
+
+
+def test_the_echo_llm_family_is_imported_only_when_a_folder_needs_it(tmp_path):
+    probe = ("import sys, milco_os.encoder, milco_os.cli.search; "
+             "print('milco_os.models.echo_llm' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.stdout.strip() == "False", done.stderr[-2000:]
+    from milco_os.models.echo_llm import ECHO_LLM_TYPE, EchoLlmModel
+    from milco_os.models.registry import model_class
+
+    (tmp_path / "config.json").write_text(f'{{"model_type": "{ECHO_LLM_TYPE}"}}')
+    assert model_class(tmp_path) is EchoLlmModel

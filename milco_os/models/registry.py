@@ -6,22 +6,23 @@ through, so a name works wherever a model folder does.
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
 import torch
 
 from milco_os.models.base import CheckpointError, SparseModel
-from milco_os.models.echo_llm import ECHO_LLM_TYPE, EchoLlmModel
 from milco_os.models.files import CONFIG_NAME, resolve_model_dir
 from milco_os.models.milco import MilcoModel
 from milco_os.models.named import NAMED_MODELS, ensure_named_model
 from milco_os.models.splade import SpladeModel
 
-MODEL_TYPES: dict[str, type[SparseModel]] = {
+MODEL_TYPES: dict[str, type[SparseModel] | str] = {
     "milco": MilcoModel,
     "bert": SpladeModel,
-    ECHO_LLM_TYPE: EchoLlmModel,
+    # imported when first needed: its causal-LM classes add ~1.5 s to every start-up
+    "echo-llm": "milco_os.models.echo_llm:EchoLlmModel",
 }
 
 
@@ -45,7 +46,11 @@ def model_class(folder: Path) -> type[SparseModel]:
     if model_type not in MODEL_TYPES:
         raise CheckpointError(f"{config}: model_type {model_type!r} is not supported "
                               f"(expected one of {sorted(MODEL_TYPES)})")
-    return MODEL_TYPES[model_type]
+    found = MODEL_TYPES[model_type]
+    if isinstance(found, str):
+        module, _, name = found.partition(":")
+        found = getattr(importlib.import_module(module), name)
+    return found
 
 
 def load_sparse_model(path: str | Path, *, device: str | torch.device | None = None,
