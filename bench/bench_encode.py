@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import command_line
+from common import command_line, portable
 
 ROOT = Path(__file__).resolve().parents[1]
 NTREX = ROOT.parent / "shared" / "data" / "ntrex128"
@@ -175,7 +175,8 @@ def summarise(results: dict[str, dict], args: argparse.Namespace) -> dict:
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__},
         "settings": {"preset": args.preset,
-                     "model_dir": str(args.model_dir) if args.given_model else None, "n": args.n,
+                     "model_dir": portable(str(args.model_dir)) if args.given_model else None,
+                     "n": args.n,
                      "batch_size": args.batch_size,
                      "max_length": args.max_length, "texts": "NTREX-128, cycling languages"},
         "variants": results,

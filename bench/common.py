@@ -69,11 +69,22 @@ def save_result(name: str, result: dict[str, Any]) -> Path:
     return path
 
 
+def portable(arg: str) -> str:
+    """``arg`` with an absolute path in the checkout made relative to it, or one in the
+    home folder written from ``~``, so recorded commands run on any machine."""
+    path = Path(arg)
+    if not path.is_absolute():
+        return arg
+    if path.resolve().is_relative_to(ROOT):
+        return str(path.resolve().relative_to(ROOT))
+    if path.is_relative_to(Path.home()):
+        return str(Path("~") / path.relative_to(Path.home()))
+    return arg
+
+
 def command_line() -> str:
     """How this process was started, with the script named from the repository root."""
-    script = Path(sys.argv[0]).resolve()
-    name = str(script.relative_to(ROOT)) if script.is_relative_to(ROOT) else sys.argv[0]
-    return " ".join(["python", name, *sys.argv[1:]])
+    return " ".join(["python", portable(sys.argv[0]), *map(portable, sys.argv[1:])])
 
 
 def latency_stats(ms: list[float]) -> dict[str, float]:
