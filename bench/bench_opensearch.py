@@ -49,7 +49,7 @@ def ingest(engine, index: str, corpus: Vectors, rows: range, prune: str = "none"
     from milco_os.spec import IngestSpec
 
     engine.delete_index(index)
-    vectors = corpus.dicts(rows) if encoder is None else [None] * len(rows)
+    vectors = corpus.iter_dicts(rows) if encoder is None else (None for _ in rows)
     records = (Document(f"d{row}", corpus.texts[row], vectors=v)
                for row, v in zip(rows, vectors, strict=True))
     spec = IngestSpec(index=index, model="bench" if encoder is None else "model", prune=prune)

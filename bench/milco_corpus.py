@@ -28,6 +28,7 @@ import argparse
 import hashlib
 import json
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,8 +69,10 @@ class Vectors:
 
     def dicts(self, rows: range | list[int] | None = None) -> list[dict[str, dict[str, float]]]:
         """``{view: {term: weight}}`` of the given rows (default: all)."""
-        rows = range(len(self)) if rows is None else rows
-        out = []
+        return list(self.iter_dicts(range(len(self)) if rows is None else rows))
+
+    def iter_dicts(self, rows: range | list[int]) -> Iterator[dict[str, dict[str, float]]]:
+        """:meth:`dicts`, one row at a time (a 1M-passage corpus as dicts would take GBs)."""
         for row in rows:
             vector = {}
             for view, matrix in self.matrices.items():
@@ -78,8 +81,7 @@ class Vectors:
                 vector[view] = {names[c]: float(w) for c, w in
                                 zip(matrix.indices[start:end], matrix.data[start:end],
                                     strict=True)}
-            out.append(vector)
-        return out
+            yield vector
 
     def terms_per_row(self) -> dict[str, float]:
         return {view: float(np.diff(m.indptr).mean()) for view, m in self.matrices.items()}

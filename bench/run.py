@@ -18,7 +18,7 @@ term statistics):
   (quick) or 1M (``bench_local.py``);
 - ``opensearch``: two-phase vs the full query, end to end (encode + search) vs
   BM25, ingest with encoding, bytes per passage per pruning level, at 20k passages
-  (quick) or 100k (``bench_opensearch.py``);
+  (quick) or 100k and 1M (``bench_opensearch.py``);
 - ``startup``: one-query CLI search with and without compiled bytecode
   (``bench_startup.py``);
 - ``ingest``: ``Ingestor`` vs opensearch-py ``helpers.bulk`` (``bench_ingest.py``);
@@ -47,7 +47,8 @@ from common import RESULTS, ROOT, cluster_url, save_result
 
 BENCHMARKS = ("encode", "latency", "local", "opensearch", "startup", "ingest", "query",
               "scaling")
-SIZES = {"local": (20_000, 1_000_000), "opensearch": (20_000, 100_000)}  # (quick, full)
+SIZES = {"local": ((20_000,), (1_000_000,)),
+         "opensearch": ((20_000,), (100_000, 1_000_000))}  # (quick, full)
 REAL_DOCUMENTS = (1000, 1000)  # real passages encoded for the term statistics (quick, full)
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
@@ -81,17 +82,17 @@ def run_latency(quick: bool, model: Path) -> None:
 def run_local(quick: bool, model: Path) -> None:
     import bench_local
 
-    n = SIZES["local"][not quick]
-    save_result(f"local_approximate_{n}", bench_local.run(model, n, REAL_DOCUMENTS[not quick],
-                                                          100))
+    for n in SIZES["local"][not quick]:
+        save_result(f"local_approximate_{n}",
+                    bench_local.run(model, n, REAL_DOCUMENTS[not quick], 100))
 
 
 def run_opensearch(quick: bool, model: Path) -> None:
     import bench_opensearch
 
-    n = SIZES["opensearch"][not quick]
-    save_result(f"opensearch_{n}", bench_opensearch.run(model, n, REAL_DOCUMENTS[not quick], 100,
-                                                        100))
+    for n in SIZES["opensearch"][not quick]:
+        save_result(f"opensearch_{n}",
+                    bench_opensearch.run(model, n, REAL_DOCUMENTS[not quick], 100, 100))
 
 
 def run_startup(quick: bool, model: Path) -> None:
