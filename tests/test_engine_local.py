@@ -66,6 +66,17 @@ def test_same_id_replaces_the_document(engine: LocalEngine) -> None:
     assert [h.id for h in engine.search("idx", SparseQuery(vec({"y": 1.0})))] == ["a#0"]
 
 
+def test_ties_at_the_kth_score_keep_insertion_order(engine: LocalEngine) -> None:
+    # the top-k cut before the sort must keep every row tied with the k-th score
+    weights = [3.0, 1.0, 2.0, 1.0, 1.0, 0.5, 1.0]
+    engine.bulk_index("idx", [(f"d{i}#0", build_source(f"d{i}", 0, vec({"x": w})))
+                              for i, w in enumerate(weights)])
+    query = SparseQuery(vec({"x": 1.0}))
+    assert [h.id for h in engine.search("idx", query, k=4)] == ["d0#0", "d2#0", "d1#0", "d3#0"]
+    assert [h.id for h in engine.search("idx", query, k=2)] == ["d0#0", "d2#0"]
+    assert len(engine.search("idx", query, k=100)) == len(weights)
+
+
 def test_rejects_what_a_cluster_rejects(engine: LocalEngine) -> None:
     failures = engine.bulk_index("idx", [
         ("dot", {"doc_id": "dot", "pivot": {"a.b": 1.0}}),
