@@ -19,7 +19,11 @@ the model's; co-occurrence between terms is not kept, and only terms seen in the
 encoded real documents occur (with ~1,000 of them, the vocabulary is smaller and
 posting lists longer than a full encoding would give: slower for every engine alike).
 
-    python bench/milco_corpus.py --model milco-small --n 6000
+    python bench/milco_corpus.py --model milco-small --n 1000 --queries 100
+
+prints (and saves as ``bench/results/corpus_statistics.json``) the statistics the
+synthetic passages are drawn from, and what an inverted index reads for them
+(:func:`posting_figures`).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
-from common import CACHE, SHARED
+from common import CACHE, SHARED, save_result
 
 from milco_os.models.registry import resolve_model
 
@@ -229,6 +233,36 @@ def pivot_corpus(model: Path, n_docs: int, n_queries: int, n_real: int = 1000
             [v["pivot"] for v in queries.dicts()])
 
 
+def posting_figures(docs: Vectors, queries: Vectors, prune_ratio: float = 0.2) -> dict:
+    """What an inverted index reads for these vectors: per view, the distinct terms and
+    the most common ones (document frequency: the fraction of documents holding a term);
+    per query, the postings it reads per document (its terms' document frequencies,
+    summed) and the share of them two-phase's phase 1 reads (terms weighing >= prune_ratio
+    x the query's top weight), as :func:`milco_os.query.split_by_weight` splits them."""
+    df, reads, phase1 = {}, {}, {}
+    for view, matrix in docs.matrices.items():
+        counts = np.diff(matrix.tocsc().indptr) / len(docs)
+        df[view] = dict(zip(docs.terms[view], counts, strict=True))
+    for row in queries.dicts():
+        top = max((w for terms in row.values() for w in terms.values()), default=0.0)
+        for view, terms in row.items():
+            cost = [(df[view].get(t, 0.0), w >= prune_ratio * top) for t, w in terms.items()]
+            reads.setdefault(view, []).append(sum(c for c, _ in cost))
+            phase1.setdefault(view, []).append(sum(c for c, high in cost if high))
+    out = {}
+    for view, frequency in df.items():
+        common = sorted(frequency.items(), key=lambda item: -item[1])[:10]
+        out[view] = {"distinct_terms": sum(1 for f in frequency.values() if f > 0),
+                     "most_common": {t: round(float(f), 3) for t, f in common},
+                     "query_postings_per_document": float(np.mean(reads.get(view, [0.0]))),
+                     "phase1_share": float(np.sum(phase1.get(view, [0.0])) /
+                                           max(np.sum(reads.get(view, [0.0])), 1e-12))}
+    everything = sum(sum(r) for r in reads.values())
+    return {"documents": len(docs), "queries": len(queries), "prune_ratio": prune_ratio,
+            "views": out, "query_postings_per_document": everything / len(queries),
+            "phase1_share": sum(sum(p) for p in phase1.values()) / max(everything, 1e-12)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=resolve_model, required=True,
@@ -239,9 +273,14 @@ def main() -> None:
     args = parser.parse_args()
     real = encode_real(args.model, args.n)
     queries = encode_real(args.model, args.queries, kind="query", from_end=True)
-    print(json.dumps({"documents": len(real), "terms_per_document": real.terms_per_row(),
-                      "queries": len(queries), "terms_per_query": queries.terms_per_row(),
-                      "statistics": TermStatistics(real).describe()}, indent=2))
+    result = {"settings": {"model": str(args.model), "documents": len(real),
+                           "queries": len(queries)},
+              "terms_per_document": real.terms_per_row(),
+              "terms_per_query": queries.terms_per_row(),
+              "statistics": TermStatistics(real).describe(),
+              "postings": posting_figures(real, queries)}
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    print(save_result("corpus_statistics", result))
     if args.synthetic:
         fake = synthetic_cached(args.model, real, args.synthetic)
         print("synthetic terms per document", fake.terms_per_row())

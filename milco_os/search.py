@@ -36,7 +36,13 @@ from typing import Any, Protocol
 
 from milco_os.engines.base import Engine, Hit, best_per_document
 from milco_os.errors import InputError
-from milco_os.query import SparseQuery, Terms, sent_terms
+from milco_os.query import (
+    TWO_PHASE_EXPANSION_RATE,
+    TWO_PHASE_PRUNE_RATIO,
+    SparseQuery,
+    Terms,
+    sent_terms,
+)
 from milco_os.sparse import SparseVector
 from milco_os.terms import decode_term
 
@@ -57,8 +63,8 @@ class SearchOptions:
     mode: str = "default"
     collapse: bool = False
     prune: Callable[[SparseVector], SparseVector] | None = None  # query-side pruning
-    prune_ratio: float = 0.4
-    expansion_rate: float = 5.0
+    prune_ratio: float = TWO_PHASE_PRUNE_RATIO
+    expansion_rate: float = TWO_PHASE_EXPANSION_RATE
     max_clauses: int | None = None
     text_fields: tuple[str, ...] = ("title", "text")  # hybrid's BM25 fields, e.g. "text.en"
 

@@ -88,6 +88,8 @@ def test_bad_option_values_name_the_option(models, local) -> None:
         (["encode", "--model", good, "--prune", "mass:nan", "x"], "--prune"),
         (["encode", "--model", good, "--prune", "threshold:inf", "x"], "--prune"),
         (["search", "--index", "news", "--alpha", "nan", "x"], "--alpha"),
+        (["search", "--index", "news", "--prune-ratio", "0", "x"], "--prune-ratio"),
+        (["search", "--index", "news", "--expansion-rate", "0.5", "x"], "--expansion-rate"),
         (["search", "--index", "news", "--query-prune", "topk:lots", "x"], "--query-prune"),
         (["ingest", "--index", "news", "--input", local["corpus"], "--retries", "-1"],
          "--retries"),

@@ -158,6 +158,15 @@ def test_dsl_prints_a_pasteable_body() -> None:
     es = json.loads(run("dsl", "--model", "m", "--engine", "elasticsearch", "--mode", "two-phase",
                         "dog cat u.s."))
     assert es["query"]["bool"]["should"][0]["sparse_vector"]["prune"] is False
+    two_phase = ("dsl", "--model", "word-model", "--mode", "two-phase", "--k", "7")
+    tuned = json.loads(run(*two_phase, "--prune-ratio", "0.9", "--expansion-rate", "3",
+                           "a dog economy"))  # weights 1.1, 1.3, 1.7 in both views
+    assert len(tuned["query"]["bool"]["should"]) == 2  # economy: >= 0.9 x 1.7
+    assert tuned["rescore"]["window_size"] == 21  # ceil(7 x 3)
+    rate = json.loads(run(*two_phase, "--prune-ratio", "0.9", "a dog economy"))
+    assert rate["rescore"]["window_size"] == 70  # the default expansion rate, 10
+    default = json.loads(run(*two_phase, "a dog economy"))
+    assert len(default["query"]["bool"]["should"]) == 6 and "rescore" not in default
     missing = CliRunner().invoke(main, ["dsl", "dog"])
     assert missing.exit_code == 2 and "--model" in missing.output
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -13,17 +14,18 @@ from milco_os.cli.options import DEVICE, PRUNE, UNIT_INTERVAL, connection_option
 from milco_os.compatibility import check_index
 from milco_os.connection import ConnectionSettings
 from milco_os.errors import InputError
-from milco_os.query import MODES
+from milco_os.query import MODES, TWO_PHASE_EXPANSION_RATE, TWO_PHASE_PRUNE_RATIO
 
 
 def _options(alpha: float | None, mode: str, collapse: bool, query_prune: str | None,
-             bm25_fields: tuple[str, ...]) -> Any:
+             bm25_fields: tuple[str, ...], prune_ratio: float, expansion_rate: float) -> Any:
     from milco_os.pruning import Pruning
     from milco_os.search import SearchOptions
 
     prune = Pruning.parse(query_prune).apply if query_prune else None
     fields = {"text_fields": bm25_fields} if bm25_fields else {}
-    return SearchOptions(alpha=alpha, mode=mode, collapse=collapse, prune=prune, **fields)
+    return SearchOptions(alpha=alpha, mode=mode, collapse=collapse, prune=prune,
+                         prune_ratio=prune_ratio, expansion_rate=expansion_rate, **fields)
 
 
 def _texts(texts: tuple[str, ...]) -> list[str]:
@@ -57,6 +59,12 @@ _query_options = [
     click.option("--mode", type=click.Choice(MODES), default="default", show_default=True,
                  help="default: exact dot product; two-phase: high-weight terms then rescoring; "
                       "hybrid: plus BM25; neural-sparse: OpenSearch neural_sparse query."),
+    click.option("--prune-ratio", type=click.FloatRange(0.0, 1.0, min_open=True),
+                 default=TWO_PHASE_PRUNE_RATIO, show_default=True,
+                 help="two-phase: phase 1 searches the terms weighing >= this x the top weight."),
+    click.option("--expansion-rate", type=click.FloatRange(min=1.0),
+                 default=TWO_PHASE_EXPANSION_RATE, show_default=True,
+                 help="two-phase: the best k x this hits are rescored with every term."),
     click.option("--query-prune", type=PRUNE, help="Prune query vectors: none | mass:P | topk:K | "
                                        "threshold:T."),
     click.option("--collapse/--no-collapse", default=True, show_default=True,
@@ -72,6 +80,10 @@ _query_options = [
 ]
 
 
+_OPTION_NAMES = ("alpha", "mode", "prune_ratio", "expansion_rate", "query_prune", "collapse",
+                 "bm25_fields")
+
+
 def _set_query_threads(n: int | None) -> None:
     if n is not None:
         from milco_os.threads import configure
@@ -80,9 +92,16 @@ def _set_query_threads(n: int | None) -> None:
 
 
 def query_options(func: Any) -> Any:
+    """The options of :data:`_query_options` (but --device), passed as one ``options``:
+    a :class:`~milco_os.search.SearchOptions`."""
+    @functools.wraps(func)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        kwargs["options"] = _options(**{name: kwargs.pop(name) for name in _OPTION_NAMES})
+        return func(*args, **kwargs)
+
     for option in reversed(_query_options):
-        func = option(func)
-    return func
+        command = option(command)
+    return command
 
 
 @click.command()
@@ -99,9 +118,8 @@ def query_options(func: Any) -> Any:
               help="Search even if --model differs from the model the index was built with.")
 @engine_options
 def search(texts: tuple[str, ...], index_name: str, model: str | None, k: int,
-           alpha: float | None, mode: str, query_prune: str | None, collapse: bool,
-           bm25_fields: tuple[str, ...], device: str | None, as_json: bool, explain: bool,
-           force: bool, engine: Any) -> None:
+           options: Any, device: str | None, as_json: bool, explain: bool, force: bool,
+           engine: Any) -> None:
     """Search an index with TEXT (or one query per line of standard input).
 
     Hit ids are the corpus's own document ids.
@@ -110,8 +128,7 @@ def search(texts: tuple[str, ...], index_name: str, model: str | None, k: int,
 
     queries = _texts(texts)
     encoder = load_encoder(_model_of(engine, index_name, model, force), device)
-    searcher = Searcher(engine, index_name, encoder,
-                        _options(alpha, mode, collapse, query_prune, bm25_fields))
+    searcher = Searcher(engine, index_name, encoder, options)
     vectors = searcher.encode(queries)
     for text, vector in zip(queries, vectors, strict=True):
         hits = searcher.search_vector(vector, text, k)
@@ -150,8 +167,7 @@ def _text_block(text: str, hits: list, explanations: list) -> str:
 @click.option("--k", type=click.IntRange(min=1), default=10, show_default=True)
 @query_options
 @connection_options
-def dsl(text: str, model: str | None, index_name: str | None, k: int, alpha: float | None,
-        mode: str, query_prune: str | None, collapse: bool, bm25_fields: tuple[str, ...],
+def dsl(text: str, model: str | None, index_name: str | None, k: int, options: Any,
         device: str | None, settings: ConnectionSettings) -> None:
     """Print the _search body for TEXT, to paste into any OpenSearch/Elasticsearch client.
 
@@ -165,7 +181,6 @@ def dsl(text: str, model: str | None, index_name: str | None, k: int, alpha: flo
         raise click.UsageError("give --model, or --index to use the model recorded there")
     if not text.strip():
         raise InputError("empty query: give a TEXT with at least one word")
-    options = _options(alpha, mode, collapse, query_prune, bm25_fields)
     engine = open_engine(settings, settings.engine) if index_name else None
     encoder = load_encoder(_model_of(engine, index_name, model) if engine else model, device)
     [vector] = encoder.encode([text], kind="query")
