@@ -12,7 +12,7 @@ from milco_os.engines.local import LocalEngine
 from milco_os.query import SparseQuery
 from milco_os.sparse import SparseVector
 
-pytest.importorskip("seismic", reason="pyseismic-lsr is in the bench extra")
+pytest.importorskip("seismic", reason="pyseismic-lsr is the approximate extra")
 
 META = {"model": "m", "views": ["pivot", "echo"], "pruning": "none"}
 
@@ -121,3 +121,25 @@ def test_bad_search_settings_are_refused():
 
     with pytest.raises(InputError, match="heap_factor"):
         approximate.SearchSettings(heap_factor=0)
+
+
+def test_the_cli_builds_it_and_refuses_cluster_engines(tmp_path):
+    from click.testing import CliRunner
+
+    from milco_os.cli import main
+
+    rng = np.random.default_rng(1)
+    engine = LocalEngine(tmp_path)
+    engine.create_index("ann", meta=META)
+    assert engine.bulk_index("ann", docs(rng, 0, 500)) == []
+    result = CliRunner().invoke(main, ["index", "approximate", "ann", "--engine", "local",
+                                       "--local-path", str(tmp_path), "--n-postings", "300"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["rows"] == 500 and report["settings"]["n_postings"] == 300
+    manifest = json.loads((tmp_path / "ann" / "index.json").read_text())
+    assert manifest["approximate"]["rows"] == 500
+    refused = CliRunner().invoke(main, ["index", "approximate", "ann", "--engine", "opensearch",
+                                        "--url", "http://127.0.0.1:9"])
+    assert refused.exit_code == 2 and "--engine local" in refused.output
+    assert "Traceback" not in refused.output

@@ -1,9 +1,11 @@
-"""`milco-os index create|delete|info NAME`, and the engine options shared with search."""
+"""`milco-os index create|delete|info|approximate NAME`, and the engine options shared with
+search."""
 
 from __future__ import annotations
 
 import functools
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +13,8 @@ import click
 
 from milco_os.cli.options import PRUNE, connection_options
 from milco_os.connection import ConnectionSettings
+from milco_os.engines.approximate import BuildSettings
+from milco_os.errors import InputError
 from milco_os.sparse import VIEWS
 
 
@@ -90,3 +94,31 @@ def info(name: str, engine) -> None:
     """Print index NAME's _meta, document count, size and settings as JSON."""
     details = engine.index_info(name)
     click.echo(json.dumps({"engine": engine.name, **details}, indent=2, ensure_ascii=False))
+
+
+@index.command()
+@click.argument("name")
+@click.option("--n-postings", type=click.IntRange(min=1), default=BuildSettings.n_postings,
+              show_default=True,
+              help="Posting-list length Seismic keeps per term: longer finds more of the exact "
+                   "top hits, searches slower.")
+@engine_options
+def approximate(name: str, n_postings: int, engine) -> None:
+    """Build the local engine's approximate index over NAME (needs pyseismic-lsr).
+
+    Searches then re-score Seismic's candidates exactly; documents written after
+    the build are scanned exactly until the next build. `--engine local` only.
+    """
+    from milco_os.engines.local import LocalEngine
+
+    if not isinstance(engine, LocalEngine):
+        raise InputError(f"the approximate index is for --engine local; {engine.name} "
+                         "searches its own inverted index")
+    documents = engine.count(name)
+    click.echo(f"building the approximate index of local index {name!r} over {documents:,} "
+               "documents", err=True)
+    tick = time.perf_counter()
+    entry = engine.build_approximate(name, BuildSettings(n_postings=n_postings))
+    click.echo(json.dumps({"index": name, "rows": entry["rows"], "seismic_indexes":
+                           len(entry["files"]), "settings": entry["settings"],
+                           "seconds": round(time.perf_counter() - tick, 1)}))

@@ -66,7 +66,7 @@ def _seismic():
         import seismic
     except ImportError:
         raise InputError("the approximate local index needs pyseismic-lsr: "
-                         "pip install 'milco-os[bench]' (or pyseismic-lsr)") from None
+                         "pip install 'milco-os[approximate]' (or pyseismic-lsr)") from None
     return seismic
 
 
