@@ -181,10 +181,13 @@ def test_sigint_mid_ingest_prints_the_report_and_exits_2(cluster_url, index_name
     fifo = tmp_path / "stream.jsonl"
     os.mkfifo(fifo)
     rows = [json.dumps(r) + "\n" for r in write_corpus(tmp_path / "c.jsonl", 30)]
+    # A runner started in the background of a non-interactive shell ignores SIGINT, and
+    # the child would inherit that (Python then installs no KeyboardInterrupt handler).
     process = subprocess.Popen(
         [sys.executable, "-m", "milco_os.cli", "ingest", "--index", index_name, "--url",
          cluster_url, "--quiet", "--input", str(fifo)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     with open_fifo_for(process, fifo) as out:
         out.writelines(rows[:15])
         out.flush()
