@@ -41,6 +41,7 @@ import scipy.sparse as sp
 from common import CACHE, SHARED, save_result
 
 from milco_os.models.registry import resolve_model
+from milco_os.query import split_by_weight
 
 VIEWS = ("pivot", "echo")
 CHUNK = 500
@@ -244,11 +245,10 @@ def posting_figures(docs: Vectors, queries: Vectors, prune_ratio: float = 0.2) -
         counts = np.diff(matrix.tocsc().indptr) / len(docs)
         df[view] = dict(zip(docs.terms[view], counts, strict=True))
     for row in queries.dicts():
-        top = max((w for terms in row.values() for w in terms.values()), default=0.0)
+        high, _ = split_by_weight(row, prune_ratio)
         for view, terms in row.items():
-            cost = [(df[view].get(t, 0.0), w >= prune_ratio * top) for t, w in terms.items()]
-            reads.setdefault(view, []).append(sum(c for c, _ in cost))
-            phase1.setdefault(view, []).append(sum(c for c, high in cost if high))
+            reads.setdefault(view, []).append(sum(df[view].get(t, 0.0) for t in terms))
+            phase1.setdefault(view, []).append(sum(df[view].get(t, 0.0) for t in high[view]))
     out = {}
     for view, frequency in df.items():
         common = sorted(frequency.items(), key=lambda item: -item[1])[:10]
