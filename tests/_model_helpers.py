@@ -12,15 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _shared import SHARED as ASSETS
 from safetensors.torch import load_file
 from transformers import XLMRobertaConfig, XLMRobertaModel
 
 from milco_os.models.milco import MilcoModel
-from milco_os.models.presets import init_model, shared_dir
-
-# ../shared beside the checkout; MILCO_OS_SHARED=/nonexistent runs the tests as without it.
-ASSETS = shared_dir()
-SHARED = ASSETS or Path(__file__).resolve().parents[2] / "shared"
+from milco_os.models.presets import init_model
 
 
 def make_tiny(out: Path, echo_bias: float = 0.3, scale: float = 1.25, seed: int = 0) -> Path:
@@ -32,6 +29,19 @@ def make_tiny(out: Path, echo_bias: float = 0.3, scale: float = 1.25, seed: int 
         model.scale.fill_(scale)
     model.save_pretrained(folder, safe_serialization=True, pickle=True)
     return folder
+
+
+def favour_pivot_term(folder: Path, term: str, bias: float = 8.0) -> None:
+    """Raise the English head's bias of ``term`` so every text weighs it (tests that need a
+    given term in a vector must not depend on what a random model happens to weigh)."""
+    from tokenizers import Tokenizer
+
+    term_id = Tokenizer.from_file(str(folder / "en_tokenizer" / "tokenizer.json")).token_to_id(term)
+    assert term_id is not None, f"{term!r} is not in the pivot vocabulary"
+    model = MilcoModel.from_pretrained(folder)
+    with torch.no_grad():
+        model.mlm_head.predictions.decoder.bias[term_id] += bias
+    model.save_pretrained(folder, safe_serialization=True, pickle=True)
 
 
 class ReferenceMilco:

@@ -11,25 +11,24 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+from _shared import SHARED
 
 from milco_os.documents import build_source
 from milco_os.sparse import VIEWS, SparseVector, SparseView
 from milco_os.terms import engine_features
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 PIVOT_SIZE, ECHO_SIZE = 30522, 250002
 
 
 @cache
 def vocabularies() -> dict[str, list[str]]:
     """``{"pivot": word pieces, "echo": sentence pieces}``."""
-    bert = SHARED / "models" / "splade-tiny" / "tokenizer.json"
-    xlmr = SHARED / "models" / "xlmr-tokenizer" / "tokenizer.json"
-    if bert.exists() and xlmr.exists():
+    if SHARED is not None:
+        bert = SHARED / "models" / "splade-tiny" / "tokenizer.json"
+        xlmr = SHARED / "models" / "xlmr-tokenizer" / "tokenizer.json"
         pivot_vocab = json.loads(bert.read_text(encoding="utf-8"))["model"]["vocab"]
         pivot = sorted(pivot_vocab, key=pivot_vocab.get)
         echo_vocab = json.loads(xlmr.read_text(encoding="utf-8"))["model"]["vocab"]

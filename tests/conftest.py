@@ -21,8 +21,7 @@ from pathlib import Path
 
 import pytest
 from _cluster_helpers import start_cluster
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from _shared import shared_path
 
 # id -> (distribution, version)
 CONTRACT_SERVERS = {
@@ -59,6 +58,14 @@ class Server:
         from milco_os.engines import open_engine
 
         return open_engine(self.settings())
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that take the ``shared_dir`` fixture carry the ``shared`` marker too, so
+    ``-m shared`` selects every test that reads ``../shared``."""
+    for item in items:
+        if "shared_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.shared)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -132,6 +139,4 @@ def index_name(os_client) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """``../shared`` beside the repository; tests that need it skip when it is absent."""
-    if not SHARED.is_dir():
-        pytest.skip("../shared is not present on this machine")
-    return SHARED
+    return shared_path()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import time
 import urllib.request
 from pathlib import Path
@@ -18,7 +19,7 @@ from click.testing import CliRunner, Result
 from milco_os.cli import main
 from milco_os.devcluster import ClusterError, LocalCluster, distribution, docker, java
 from milco_os.devcluster.artifacts import cache_home
-from milco_os.devcluster.nodes import process_alive
+from milco_os.devcluster.nodes import free_port, process_alive
 
 pytestmark = pytest.mark.cluster
 
@@ -140,6 +141,9 @@ def test_a_cluster_keeps_its_data_and_is_the_default(own_home, tmp_path, monkeyp
     (["--runtime", "docker", "--port", "9200"], "--port cannot be honoured"),
     (["--runtime", "docker", "--setting", "a=b"], "--setting cannot be honoured"),
     (["--runtime", "docker", "--version", "2.19.6"], "use --runtime local"),
+    (["--runtime", "local", "--port", "70000"], "--port 70000: expected a port in 1024-65535"),
+    (["--runtime", "local", "--port", "-1"], "--port -1: expected a port in 1024-65535"),
+    (["--runtime", "local", "--port", "22"], "--port 22: expected a port in 1024-65535"),
 ])
 def test_bad_cluster_options_get_one_line(own_home, args: list[str], message: str) -> None:
     result = cli("cluster", "up", "--name", f"refused-{os.getpid()}", *args)
@@ -226,3 +230,34 @@ def test_a_node_that_execs_is_never_taken_for_dead(tmp_path) -> None:
     assert time.monotonic() - started < 1.0
     other.kill()
     other.wait()
+
+
+def test_a_port_in_use_is_refused_before_anything_starts(own_home) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = cli("cluster", "up", "--name", f"busy-{os.getpid()}", "--runtime", "local",
+                     "--port", str(port))
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == f"Error: --port {port}: in use on 127.0.0.1; choose " \
+        "another or omit --port"
+    assert not LocalCluster(f"busy-{os.getpid()}").folder.exists()
+
+
+def test_a_port_whose_connections_wait_in_time_wait_is_free_again() -> None:
+    """After `down`, the old HTTP port still has TIME-WAIT sockets; `up` must keep it."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the JVM's servers do
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the server side closes first: its end goes to TIME-WAIT
+        client.close()
+    time.sleep(0.2)
+    with socket.socket() as plain:  # what a bind without SO_REUSEADDR sees
+        with pytest.raises(OSError):
+            plain.bind(("127.0.0.1", port))
+    assert free_port(port) == port

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _shared import SHARED
 from click.testing import CliRunner
 from safetensors.torch import load_file
 from transformers import (
@@ -35,8 +36,7 @@ from milco_os.training.trainer import Trainer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("MILCO_OS_SHARED", REPO.parent / "shared"))
-SPLADE_TINY = SHARED / "models" / "splade-tiny"
+SPLADE_TINY = None if SHARED is None else SHARED / "models" / "splade-tiny"
 DISTILLATION = REPO / "training" / "configs" / "tiny-distillation.jsonl"
 TEXTS = ["The cat sleeps on the warm sofa.", "A storm closed the harbour for two days.",
          "Music"]
@@ -78,7 +78,7 @@ def causal_lm_folder(out: Path, family: str = "mistral", padded_vocab: int = 0) 
 
 def english_head_folder(out: Path) -> Path:
     """splade-tiny when ../shared is present, else a random BERT MLM with a WordPiece vocab."""
-    if SPLADE_TINY.is_dir():
+    if SPLADE_TINY is not None:
         return SPLADE_TINY
     from tokenizers import Tokenizer, models, pre_tokenizers
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _model_helpers import ASSETS, SHARED, ReferenceMilco, dense_view, make_tiny
+from _model_helpers import ReferenceMilco, dense_view, make_tiny
+from _shared import requires_shared, shared_path
 
 from milco_os.encoder import SparseEncoder
 
@@ -107,10 +108,9 @@ def test_bad_input_is_named(encoder):
         encoder.encode(["ok"], kind="passage")
 
 
-@pytest.mark.shared
-@pytest.mark.skipif(ASSETS is None, reason="needs ../shared/models/splade-tiny")
+@requires_shared
 def test_splade_tiny_finds_baltimore():
-    encoder = SparseEncoder.from_pretrained(SHARED / "models" / "splade-tiny", device="cpu")
+    encoder = SparseEncoder.from_pretrained(shared_path("models", "splade-tiny"), device="cpu")
     [vector] = encoder.encode(["Baltimore: The Greatest City in America"])
     assert "baltimore" in vector.pivot.terms[:5]
     assert len(vector.echo) == 0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _model_helpers import ASSETS, SHARED, ReferenceMilco, make_tiny
+from _model_helpers import ASSETS, ReferenceMilco, make_tiny
 from safetensors.torch import load_file
 from transformers import BertConfig, BertForMaskedLM, XLMRobertaConfig, XLMRobertaModel
 
@@ -224,7 +224,7 @@ def _tiny_backbones(root: Path) -> tuple[Path, Path]:
         intermediate_size=48, max_position_embeddings=66, type_vocab_size=1))
     encoder.save_pretrained(root / "enc")
     if ASSETS is not None:
-        return root / "enc", SHARED / "models" / "splade-tiny"
+        return root / "enc", ASSETS / "models" / "splade-tiny"
     splade = BertForMaskedLM(BertConfig(vocab_size=120, hidden_size=16, num_hidden_layers=1,
                                         num_attention_heads=2, intermediate_size=32))
     splade.save_pretrained(root / "splade")

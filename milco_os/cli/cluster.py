@@ -17,6 +17,7 @@ from milco_os.devcluster import (
     ClusterState,
     LocalCluster,
     check_heap,
+    check_port,
     distribution,
     docker,
 )
@@ -108,6 +109,7 @@ def up(name: str, dist_name: str, version: str | None, nodes: int, heap: str | N
         state = docker.up(name, service, compose_file)
     else:
         heap = check_heap(heap or DEFAULT_HEAP)
+        check_port(port)
         secure_default = SECURE_VERSION if secure and dist_name == "opensearch" else None
         dist = distribution(dist_name, version or secure_default)
         dist.check_secure(secure)

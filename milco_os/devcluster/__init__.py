@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 
 from milco_os.connection import ClusterUnreachableError, LocalEndpoint
-from milco_os.devcluster.cluster import LocalCluster, check_heap
+from milco_os.devcluster.cluster import LocalCluster, check_heap, check_port
 from milco_os.devcluster.distributions import (
     DISTRIBUTIONS,
     Distribution,
@@ -42,6 +42,7 @@ __all__ = [
     "OpenSearch2",
     "OpenSearch3",
     "check_heap",
+    "check_port",
     "distribution",
     "endpoint",
 ]

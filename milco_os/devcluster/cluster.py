@@ -49,6 +49,23 @@ def check_heap(heap: str) -> str:
     return heap
 
 
+# Ports below 1024 need root, and nodes run unprivileged; above 65535 there are none.
+PORT_RANGE = range(1024, 65536)
+
+
+def check_port(port: int | None) -> int | None:
+    """``port`` when a node can listen on it (1024-65535 and free now), else a one-line error."""
+    if port is None:
+        return None
+    if port not in PORT_RANGE:
+        raise ClusterOptionError(f"--port {port}: expected a port in {PORT_RANGE.start}-"
+                                 f"{PORT_RANGE.stop - 1} (nodes run unprivileged)")
+    if free_port(port) != port:
+        raise ClusterOptionError(f"--port {port}: in use on 127.0.0.1; choose another or omit "
+                                 "--port")
+    return port
+
+
 class LocalCluster:
     """One named local cluster: ``up``, ``down``, ``destroy``, ``status``, ``url``."""
 
@@ -119,9 +136,10 @@ class LocalCluster:
         check_heap(heap)
         if nodes < 1:
             raise ClusterOptionError("--nodes must be at least 1")
+        self._refuse_if_running()
+        check_port(http_port)
         dist = dist or distribution("opensearch", security.SECURE_VERSION if secure else None)
         dist.check_secure(secure)
-        self._refuse_if_running()
         if reset:
             self.destroy()
         layout = self._layout(dist, nodes, secure)

@@ -67,9 +67,15 @@ class ClusterState:
 
 
 def free_port(preferred: int | None = None) -> int:
-    """``preferred`` when it is free on 127.0.0.1, else any free port."""
-    for port in (preferred, 0) if preferred else (0,):
+    """``preferred`` when it is free on 127.0.0.1, else any free port.
+
+    SO_REUSEADDR as the JVM sets it: a port whose old connections are in TIME-WAIT (a
+    cluster just stopped) is free to a server, so ``up`` after ``down`` keeps its ports.
+    """
+    usable = preferred is not None and 0 < preferred < 65536  # a state file from before checks
+    for port in (preferred, 0) if usable else (0,):
         with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:

@@ -104,7 +104,9 @@ def _fallback_tokenizers(out: Path) -> dict[str, Path]:
     m_tok.add_special_tokens(m_specials)
 
     en_specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    pieces = sorted({w for w in _FALLBACK_TEXT.split() if w.isascii()}) + ["##s", "##ing", ":"]
+    # "." and "%" too: feature names escape them, and tests must see that without ../shared
+    pieces = sorted({w for w in _FALLBACK_TEXT.split() if w.isascii()}) + ["##s", "##ing", ":",
+                                                                          ".", "%"]
     en_vocab = {t: i for i, t in enumerate(en_specials + pieces)}
     en_tok = Tokenizer(WordPiece(en_vocab, unk_token="[UNK]"))
     en_tok.normalizer = normalizers.BertNormalizer(lowercase=True)
