@@ -257,7 +257,6 @@ def test_a_port_whose_connections_wait_in_time_wait_is_free_again() -> None:
         accepted.close()  # the server side closes first: its end goes to TIME-WAIT
         client.close()
     time.sleep(0.2)
-    with socket.socket() as plain:  # what a bind without SO_REUSEADDR sees
-        with pytest.raises(OSError):
-            plain.bind(("127.0.0.1", port))
+    with socket.socket() as plain, pytest.raises(OSError):  # a bind without SO_REUSEADDR
+        plain.bind(("127.0.0.1", port))
     assert free_port(port) == port

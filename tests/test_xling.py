@@ -18,7 +18,6 @@ sys.path.insert(0, str(REPO / "training"))
 import eval_xling  # noqa: E402
 
 
-
 def vector(pivot: dict[int, float], echo: dict[int, float]) -> SparseVector:
     return SparseVector(SparseView.from_pairs((i, f"p{i}", w) for i, w in pivot.items()),
                         SparseView.from_pairs((i, f"m{i}", w) for i, w in echo.items()))
