@@ -116,17 +116,36 @@ def to_document(row: Mapping[str, Any], position: int, fields: FieldMap, source:
         return error(fields.text, f"text must be a string, got {type(text).__name__}", doc_id)
     if not vectors and not text.strip():
         return error(fields.text, "empty text", doc_id)
+    if text and (problem := unicode_problem(text)):
+        return error(fields.text, problem, doc_id)
     optional = {}
     for name in ("title", "lang"):
         column = getattr(fields, name)
         value = row.get(column) if column else None
         if value is not None and not isinstance(value, str):
             return error(column, f"{name} must be a string, got {type(value).__name__}", doc_id)
+        if value and (problem := unicode_problem(value)):
+            return error(column, problem, doc_id)
         optional[name] = value or None
     return Document(
         id=doc_id, text=text or "", title=optional["title"],
         lang=optional["lang"] or fields.default_lang, vectors=vectors or None, position=position,
     )
+
+
+def unicode_problem(text: str) -> str | None:
+    """Why ``text`` is not Unicode text a tokenizer can read (a lone surrogate, which JSON
+    escapes such as ``\\ud800`` can carry), or None.
+
+    >>> unicode_problem("ok"), unicode_problem("bad \\ud800 text")
+    (None, 'lone surrogate U+D800 at character 4: not valid Unicode text')
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (f"lone surrogate U+{ord(text[exc.start]):04X} at character {exc.start}: "
+                "not valid Unicode text")
+    return None
 
 
 def _vector_problem(terms: Any) -> str | None:
@@ -147,8 +166,8 @@ def _rows_jsonl(path: Path) -> Iterator[Mapping[str, Any] | RecordError]:
         for number, raw in enumerate(lines, 1):
             if not raw.strip():
                 continue
-            try:
-                yield json.loads(raw.decode("utf-8"))
+            try:  # utf-8-sig: a byte-order mark opening the file is not part of record 1
+                yield json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
             except UnicodeDecodeError as exc:
                 yield RecordError(0, None, "<utf-8>", f"line {number}: invalid UTF-8 at byte "
                                   f"{exc.start}", str(path))
@@ -158,7 +177,7 @@ def _rows_jsonl(path: Path) -> Iterator[Mapping[str, Any] | RecordError]:
 
 def _rows_csv(path: Path) -> Iterator[Mapping[str, Any]]:
     delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-    with path.open(encoding="utf-8", newline="") as handle:
+    with path.open(encoding="utf-8-sig", newline="") as handle:  # a leading BOM is no header
         # strict: an unterminated quote is an error, not a field that swallows the next records
         rows = csv.DictReader(handle, delimiter=delimiter, strict=True)
         try:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from milco_os.corpus import unicode_problem
 from milco_os.models.base import SparseModel
 from milco_os.models.files import resolve_model_dir
 from milco_os.models.registry import load_sparse_model
@@ -109,6 +110,8 @@ class SparseEncoder:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"texts[{i}] is {type(text).__name__}, expected str")
+            if problem := unicode_problem(text):
+                raise ValueError(f"texts[{i}]: {problem}")
         length = min(max_length or DEFAULT_MAX_LENGTH[kind], self.max_positions)
         token_ids = self.tokenize(list(texts), length)
         results: list[SparseVector | None] = [None] * len(token_ids)

@@ -27,8 +27,8 @@ from milco_os.sparse import VIEWS, SparseVector, SparseView
 
 def topk(view: SparseView, k: int) -> SparseView:
     """The ``k`` highest-weight terms (ties broken by the view's order)."""
-    if k < 0:
-        raise ValueError(f"topk needs k >= 0, got {k}")
+    if k < 1:  # topk:0 keeps no term: every query would match nothing
+        raise ValueError(f"topk needs k >= 1 (k = 0 keeps no term), got {k}")
     order = np.argsort(-view.weights, kind="stable")[:k]
     return view.select(order)
 
@@ -46,7 +46,9 @@ def mass(view: SparseView, p: float) -> SparseView:
 
 
 def threshold(view: SparseView, t: float) -> SparseView:
-    """Terms whose weight is at least ``t``."""
+    """Terms whose weight is at least ``t`` (> 0: weights are never negative)."""
+    if t <= 0:
+        raise ValueError(f"threshold needs t > 0 (every weight is >= 0), got {t}")
     return view.select(np.flatnonzero(view.weights >= t))
 
 

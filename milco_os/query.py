@@ -68,6 +68,15 @@ class QueryPrunedWarning(UserWarning):
     """A query had more terms than the cluster allows and was cut."""
 
 
+class EmptyQueryWarning(UserWarning):
+    """A query has no term left (all pruned away): it matches nothing."""
+
+
+# An empty ``bool.should`` matches EVERY document (score 1.0) in OpenSearch and
+# Elasticsearch; a query without terms must match none, as the local engine does.
+MATCH_NONE = {"match_none": {}}
+
+
 @dataclass(frozen=True)
 class SparseQuery:
     """One query vector plus how to search with it.
@@ -148,6 +157,16 @@ def fit_clause_limit(terms: Terms, limit: int | None) -> Terms:
         stacklevel=3,
     )
     return keep_top_terms(terms, limit)
+
+
+def searched_terms(query: SparseQuery, limit: int | None) -> Terms:
+    """The query's weighted terms cut to ``limit`` clauses; warns when none is left
+    (a hybrid query still has its text)."""
+    terms = fit_clause_limit(query.weighted_terms(), limit)
+    if not count_terms(terms) and query.mode != "hybrid":
+        warnings.warn("the query has no term left (pruned away, or a text without any): it "
+                      "matches no document", EmptyQueryWarning, stacklevel=3)
+    return terms
 
 
 def split_by_weight(terms: Terms, ratio: float) -> tuple[Terms, Terms]:
@@ -241,7 +260,8 @@ def sent_terms(query: SparseQuery, max_clause_count: int | None) -> Terms:
 
 
 def bool_should(clauses: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"bool": {"should": clauses}}
+    """``bool.should`` of ``clauses``; ``match_none`` when there are none (see MATCH_NONE)."""
+    return {"bool": {"should": clauses}} if clauses else MATCH_NONE
 
 
 def build_search_body(
@@ -260,7 +280,7 @@ def build_search_body(
         raise ValueError(f"unknown flavour {flavour!r}; expected one of {FLAVOURS}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    terms = fit_clause_limit(query.weighted_terms(), sparse_clause_limit(query, max_clause_count))
+    terms = searched_terms(query, sparse_clause_limit(query, max_clause_count))
     body: dict[str, Any] = {
         "size": k,
         "track_total_hits": False,

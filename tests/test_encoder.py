@@ -104,6 +104,8 @@ def test_max_length_truncates_and_defaults_by_kind(encoder, folder):
 def test_bad_input_is_named(encoder):
     with pytest.raises(TypeError, match=r"texts\[1\]"):
         encoder.encode(["ok", None])
+    with pytest.raises(ValueError, match=r"texts\[1\]: lone surrogate U\+D800"):
+        encoder.encode(["ok", "bad \ud800 text"])
     with pytest.raises(ValueError, match="kind"):
         encoder.encode(["ok"], kind="passage")
 

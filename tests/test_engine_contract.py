@@ -38,7 +38,7 @@ from milco_os.engines import (
 from milco_os.engines.cluster import ClusterEngine
 from milco_os.errors import IncompatibleIndexError
 from milco_os.ingest import Ingestor
-from milco_os.query import QueryPrunedWarning, SparseQuery, build_search_body
+from milco_os.query import EmptyQueryWarning, QueryPrunedWarning, SparseQuery, build_search_body
 from milco_os.search import Searcher, SearchOptions
 from milco_os.sparse import SparseVector, SparseView
 from milco_os.spec import BatchSizes, IngestSpec
@@ -147,6 +147,12 @@ def test_escaped_dotted_names_match(engine: ClusterEngine, index: str) -> None:
     hits = engine.search(index, SparseQuery(vec({"u.s": 1.5})))
     assert ids(hits) == ["safe"]
     assert hits[0].score == pytest.approx(3.0, rel=PRECISION)
+
+
+def test_a_query_without_terms_finds_no_document(engine: ClusterEngine, index: str) -> None:
+    put(engine, index, [("doc", build_source("doc", 0, vec({"a": 1.0})))])
+    with pytest.warns(EmptyQueryWarning):
+        assert engine.search(index, SparseQuery(vec({}))) == []
 
 
 def test_bad_weights(engine: ClusterEngine, index: str) -> None:

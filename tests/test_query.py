@@ -17,6 +17,7 @@ import milco_os.search
 from milco_os.mappings import TEXT_ANALYZERS, index_body, mapping_template
 from milco_os.query import (
     NEURAL_SPARSE_MAX_WEIGHT,
+    EmptyQueryWarning,
     QueryPrunedWarning,
     SparseQuery,
     build_search_body,
@@ -167,3 +168,11 @@ def test_index_body() -> None:
         index_body("opensearch", meta={"model": "m", "views": ["pivot"]})
     with pytest.raises(ValueError, match="unknown views"):
         index_body("opensearch", meta={"model": "m", "views": ["dense"], "pruning": "none"})
+
+
+@pytest.mark.parametrize("mode", ["default", "two-phase"])
+def test_a_query_without_terms_matches_nothing_and_says_so(mode: str) -> None:
+    """An empty ``bool.should`` would match every document with score 1.0."""
+    with pytest.warns(EmptyQueryWarning, match="no term left"):
+        body = build_search_body(SparseQuery(vec({}), mode=mode))
+    assert body["query"] == {"match_none": {}} and "rescore" not in body

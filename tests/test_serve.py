@@ -298,6 +298,11 @@ def test_search_returns_the_hits_and_explanations_of_the_library(
     ({"texts": ["a"], "prune": "top:3"}, 422, '"prune"'),
     ({"texts": ["a"], "views": ["pivot", "pivot"]}, 422, '"views"'),
     ({"texts": ["a"], "readable": "yes"}, 422, '"readable"'),
+    ({"texts": ["a", ""]}, 422, '"texts"[1] is blank'),
+    ({"texts": ["   "]}, 422, '"texts"[0] is blank'),
+    ({"texts": ["ok", "bad \ud800 text"]}, 422, '"texts"[1]: lone surrogate U+D800'),
+    ({"texts": ["a"], "prune": "topk:0"}, 422, "k = 0 keeps no term"),
+    (b"[" * 30_000 + b"]" * 30_000, 400, "nests JSON too deeply"),
 ])
 def test_bad_requests_get_one_json_error_naming_the_field(srv: ServeProcess, body: Any,
                                                           status: int, says: str) -> None:

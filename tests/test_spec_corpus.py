@@ -102,6 +102,31 @@ def test_bad_records_say_which_field(tmp_path: Path) -> None:
     assert isinstance(third, RecordError) and third.field == "pivot" and "'t'" in third.reason
 
 
+def test_a_lone_surrogate_costs_only_its_record(tmp_path: Path) -> None:
+    """Valid JSON (an escaped ``\\ud800``) but not Unicode text: no tokenizer can read it."""
+    lines = [{"id": "a", "text": "fine"}, {"id": "b", "text": "bad \ud800 text"},
+             {"id": "c", "text": "fine", "title": "\udfff"}, {"id": "d", "text": "fine too"}]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    records = list(read_files([tmp_path / "c.jsonl"]))
+    assert [type(r).__name__ for r in records] == ["Document", "RecordError", "RecordError",
+                                                   "Document"]
+    assert (records[1].id, records[1].field) == ("b", "text")
+    assert "lone surrogate U+D800 at character 4" in records[1].reason
+    assert (records[2].id, records[2].field) == ("c", "title")
+
+
+@pytest.mark.parametrize("name", ["c.jsonl", "c.csv", "c.tsv"])
+def test_a_byte_order_mark_is_not_part_of_the_first_record(tmp_path: Path, name: str) -> None:
+    if name.endswith(".jsonl"):
+        body = '{"id": "a", "text": "one"}\n{"id": "b", "text": "two"}\n'
+    else:
+        sep = "," if name.endswith(".csv") else "\t"
+        body = f"id{sep}text\na{sep}one\nb{sep}two\n"
+    (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + body.encode())
+    records = list(read_files([tmp_path / name]))
+    assert [(r.id, r.text) for r in records] == [("a", "one"), ("b", "two")]
+
+
 def test_shards_partition_positions(tmp_path: Path) -> None:
     (tmp_path / "c.jsonl").write_text("".join(
         json.dumps({"id": str(i), "text": "t"}) + "\n" for i in range(10)))

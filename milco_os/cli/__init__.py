@@ -6,6 +6,7 @@ Each command group lives in its own module and is registered here.
 from __future__ import annotations
 
 import os
+import warnings
 
 import click
 
@@ -47,6 +48,12 @@ class MilcoGroup(click.Group):
                   "shows where)", 70)
 
 
+def _warning_line(message: Warning | str, category: type[Warning], *_: object, **__: object
+                  ) -> None:
+    """A warning as one ``warning:`` line on stderr (no file names or source lines)."""
+    click.echo("warning: " + " ".join(str(message).split()), err=True)
+
+
 def _fail(ctx: click.Context, message: str, code: int) -> None:
     click.echo("error: " + " ".join(message.split()), err=True)
     ctx.exit(code)
@@ -57,6 +64,7 @@ def _fail(ctx: click.Context, message: str, code: int) -> None:
 @click.version_option(__version__, prog_name="milco-os")
 def main() -> None:
     """Multilingual learned sparse retrieval (MILCO) on OpenSearch and Elasticsearch."""
+    warnings.showwarning = _warning_line
     # Without --url, commands use the cluster `milco-os cluster up` started.
     use_local_cluster(endpoint)
 

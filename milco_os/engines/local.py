@@ -69,7 +69,7 @@ from milco_os.engines.base import (
     best_per_document,
 )
 from milco_os.mappings import complete_meta, mapping_template
-from milco_os.query import SparseQuery, Terms, fit_clause_limit
+from milco_os.query import SparseQuery, Terms, searched_terms
 from milco_os.sparse import VIEWS
 from milco_os.terms import FLOAT_MIN_NORMAL
 
@@ -489,7 +489,7 @@ class LocalEngine(Engine):
             raise EngineError(f"the local engine has no {query.mode!r} mode (it has no BM25 "
                               "and no plugins); use mode 'default'")
         snapshot = self._snapshot(index)
-        terms = fit_clause_limit(query.weighted_terms(), query.max_clauses)
+        terms = searched_terms(query, query.max_clauses)
         if snapshot.approximate is None or self.exact:
             scores = snapshot.scores(terms)
             rows = np.flatnonzero(scores > 0)

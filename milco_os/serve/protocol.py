@@ -20,6 +20,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from milco_os.corpus import unicode_problem
 from milco_os.errors import InputError, ServiceError
 
 
@@ -51,6 +52,8 @@ def parse_json(raw: bytes, where: str) -> dict[str, Any]:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RequestError(f"{where}: the body is not valid JSON ({exc})", 400) from None
+    except RecursionError:
+        raise RequestError(f"{where}: the body nests JSON too deeply", 400) from None
     if not isinstance(data, dict):
         raise RequestError(f"{where}: the body must be a JSON object, got "
                            f"{_json_type(data)}", 400)
@@ -99,6 +102,10 @@ class Body:
             if len(text) > max_chars:
                 raise RequestError(f'{self.where}: "{name}"[{i}] has {len(text)} characters; '
                                    f"at most {max_chars} per text", 413)
+            if not text.strip():  # nothing to encode or search for
+                raise RequestError(f'{self.where}: "{name}"[{i}] is blank', 422, "Empty")
+            if problem := unicode_problem(text):  # refused here, alone, not inside a batch
+                raise RequestError(f'{self.where}: "{name}"[{i}]: {problem}')
         return value
 
     def text(self, name: str, *, max_chars: int) -> str:
