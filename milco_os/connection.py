@@ -27,6 +27,7 @@ False
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -86,6 +87,18 @@ def _read_secret(value: str | None, file: str | os.PathLike[str] | None, what: s
     return None
 
 
+def redact_credentials(text: str) -> str:
+    """``text`` with the ``user:password@`` part of every URL in it replaced by ``***@``.
+
+    >>> redact_credentials("cannot reach http://admin:s3cret@10.0.0.1:9200/x")
+    'cannot reach http://***@10.0.0.1:9200/x'
+    """
+    return _URL_CREDENTIALS.sub(r"\1***@", text)
+
+
+_URL_CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@")
+
+
 @dataclass(frozen=True)
 class ConnectionSettings:
     """Everything needed to open a client; secrets are hidden from ``repr``."""
@@ -99,6 +112,17 @@ class ConnectionSettings:
     verify_certs: bool = True
     timeout: float = 60.0
     local_path: str | None = None  # folder of the embedded engine, when engine == "local"
+
+    def __repr__(self) -> str:  # a URL may carry credentials (http://user:password@host)
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in
+                           ("url", "engine", "user", "ca_certs", "verify_certs", "timeout",
+                            "local_path"))
+        return redact_credentials(f"ConnectionSettings({fields})")
+
+    @property
+    def display_url(self) -> str | None:
+        """The URL as it may be printed: without credentials."""
+        return None if self.url is None else redact_credentials(self.url)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:

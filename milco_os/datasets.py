@@ -95,6 +95,17 @@ class EvalDataset:
         return replace(self, queries=queries, corpora=corpora,
                        qrels={q: r for q, r in self.qrels.items() if q in ids})
 
+    def check_judgements(self) -> None:
+        """Refuse a collection none of whose queries has a relevant document: every score
+        would be 0, which says nothing (mismatched ids, or the wrong qrels file)."""
+        if self.queries and not any(relevance > 0 for q in self.queries
+                                    for relevance in self.qrels.get(q.id, {}).values()):
+            raise DatasetError(
+                f"{self.name}: the relevance judgements (qrels) match none of its "
+                f"{len(self.queries)} queries (query ids such as "
+                f"{[q.id for q in self.queries[:3]]}; qrels query ids such as "
+                f"{list(self.qrels)[:3]}); check the ids or the qrels file")
+
     def lowercased(self) -> EvalDataset:
         """Queries lower-cased now; documents lower-cased as the corpus is read."""
         queries = tuple(replace(q, text=q.text.lower()) for q in self.queries)
@@ -140,7 +151,9 @@ def load_dataset(spec: str, *, langs: Sequence[str] | None = None, split: str | 
     else:
         raise DatasetError(f"dataset {spec!r}: not a folder, not queries=...,qrels=... files, "
                            f"and not a hub dataset (hub:ID or one of {sorted(HUB_ALIASES)})")
-    return data.select_languages(langs) if langs else data
+    data = data.select_languages(langs) if langs else data
+    data.check_judgements()
+    return data
 
 
 # ------------------------------------------------------------------ local readers

@@ -174,3 +174,15 @@ def test_help_of_every_command_still_works(local) -> None:
         result = run(local, args)
         assert result.exit_code == 0 and "Usage" in result.output, result.output
     assert json.loads(run(local, ["index", "info", "news"]).output)["docs"] == 3
+
+
+def test_a_password_in_the_url_is_never_printed(local) -> None:
+    url = "http://user:s3cretpw@127.0.0.1:1"
+    env = {**local, "MILCO_OS_ENGINE": "opensearch"}
+    for args in (["ingest", "--index", "news", "--input", local["corpus"], "--retries", "0",
+                  "--url", url, "--quiet"],
+                 ["index", "info", "news", "--url", url],
+                 ["search", "--index", "news", "--url", url, "a query"]):
+        result = run(env, args)
+        assert_one_line_error(result)
+        assert "s3cretpw" not in result.output and "127.0.0.1" in result.output, result.output

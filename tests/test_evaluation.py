@@ -264,6 +264,15 @@ def test_dataset_readers_name_what_is_wrong(tmp_path: Path, beir: Path):
         load_dataset(str(beir), langs=["fr"])
     with pytest.raises(DatasetError, match="give the languages"):
         load_dataset("miracl")
+    unrelated = tmp_path / "unrelated.tsv"  # judgements of other queries: every score 0
+    unrelated.write_text("x1 0 d1 1\nx2 0 d2 1\n")
+    with pytest.raises(DatasetError, match=r"qrels\) match none of its \d+ queries"):
+        load_dataset(f"queries={beir / 'queries.jsonl'},qrels={unrelated}")
+    result = CliRunner().invoke(main, ["evaluate", "--engine", "local", "--local-path",
+                                       str(tmp_path / "never"), "--index", "x", "--dataset",
+                                       f"queries={beir / 'queries.jsonl'},qrels={unrelated}"])
+    assert result.exit_code == 2 and "match none of its" in result.output
+    assert not (tmp_path / "never").exists()  # refused before any work
 
 
 def test_tsv_queries_keep_quotes_and_tabs_and_refuse_lines_without_an_id(tmp_path: Path):

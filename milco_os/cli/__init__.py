@@ -19,7 +19,7 @@ from milco_os.cli.ingest import ingest
 from milco_os.cli.model import model
 from milco_os.cli.search import dsl, search
 from milco_os.cli.serve import serve
-from milco_os.connection import use_local_cluster
+from milco_os.connection import redact_credentials, use_local_cluster
 from milco_os.devcluster import endpoint
 from milco_os.errors import MilcoOSError
 
@@ -51,11 +51,12 @@ class MilcoGroup(click.Group):
 def _warning_line(message: Warning | str, category: type[Warning], *_: object, **__: object
                   ) -> None:
     """A warning as one ``warning:`` line on stderr (no file names or source lines)."""
-    click.echo("warning: " + " ".join(str(message).split()), err=True)
+    click.echo("warning: " + redact_credentials(" ".join(str(message).split())), err=True)
 
 
 def _fail(ctx: click.Context, message: str, code: int) -> None:
-    click.echo("error: " + " ".join(message.split()), err=True)
+    # Every error line passes here: a URL's user:password never reaches the terminal.
+    click.echo("error: " + redact_credentials(" ".join(message.split())), err=True)
     ctx.exit(code)
 
 

@@ -97,7 +97,7 @@ def ingest(index: str, spec_path: str | None, inputs: tuple[str, ...], model: st
             report = ingestor.run(records)
     except IngestError as exc:
         click.echo(json.dumps(exc.report.summary(), ensure_ascii=False))
-        where = getattr(getattr(engine, "settings", None), "url", None) or engine.name
+        where = getattr(getattr(engine, "settings", None), "display_url", None) or engine.name
         raise IngestError(f"{exc} [cluster: {where}]", exc.report) from None
     click.echo(json.dumps(report.summary(), ensure_ascii=False))
     if not report.read:
