@@ -52,6 +52,40 @@ def test_the_name_resolves_to_the_assembled_folder(milco_small):
     assert result.exit_code == 0 and result.stdout.strip() == str(milco_small)
 
 
+def flip_last_byte(path: Path) -> None:
+    with path.open("r+b") as handle:
+        handle.seek(-1, 2)
+        last = handle.read(1)
+        handle.seek(-1, 2)
+        handle.write(bytes([last[0] ^ 1]))
+
+
+def test_a_changed_truncated_or_missing_file_of_the_assembly_is_found(milco_small, tmp_path):
+    copy = tmp_path / "milco-small"
+    shutil.copytree(milco_small, copy)
+    assert named.assembly_problem(named.MILCO_SMALL, copy, verify=True) is None
+    flip_last_byte(copy / "model.safetensors")
+    assert named.assembly_problem(named.MILCO_SMALL, copy) is None  # same size: cheap check
+    assert "model.safetensors changed since it was assembled" in \
+        named.assembly_problem(named.MILCO_SMALL, copy, verify=True)
+    with (copy / "model.safetensors").open("r+b") as handle:
+        handle.truncate(1000)
+    assert "model.safetensors has 1000 bytes" in named.assembly_problem(named.MILCO_SMALL, copy)
+    shutil.copyfile(milco_small / "model.safetensors", copy / "model.safetensors")
+    (copy / "tokenizer.json").unlink()
+    assert "tokenizer.json is missing" in named.assembly_problem(named.MILCO_SMALL, copy)
+
+
+def test_pull_repairs_a_changed_byte_of_the_cached_model(milco_small):
+    tokenizer = milco_small / "tokenizer.json"
+    want = named.sha256(tokenizer)
+    flip_last_byte(tokenizer)
+    result = CliRunner().invoke(main, ["model", "pull", "milco-small"])
+    assert result.exit_code == 0, result.output
+    assert "changed since it was assembled" in result.stderr
+    assert named.sha256(tokenizer) == want
+
+
 def test_model_info_prints_the_card():
     result = CliRunner().invoke(main, ["model", "info", "milco-small"])
     assert result.exit_code == 0, result.output
@@ -64,11 +98,7 @@ def test_model_info_prints_the_card():
 def test_a_tampered_trained_file_is_refused(tmp_path):
     copy = tmp_path / "milco_small"
     shutil.copytree(named.MILCO_SMALL.data_dir, copy)
-    with (copy / named.TRAINED_NAME).open("r+b") as handle:
-        handle.seek(-1, 2)
-        last = handle.read(1)
-        handle.seek(-1, 2)
-        handle.write(bytes([last[0] ^ 1]))
+    flip_last_byte(copy / named.TRAINED_NAME)
     model = named.NamedModel("milco-small", copy, named.MILCO_SMALL.sources, "")
     with pytest.raises(CheckpointError, match=r"trained\.safetensors has sha256"):
         named.assemble(model, tmp_path / "out")

