@@ -260,3 +260,15 @@ def test_a_port_whose_connections_wait_in_time_wait_is_free_again() -> None:
     with socket.socket() as plain, pytest.raises(OSError):  # a bind without SO_REUSEADDR
         plain.bind(("127.0.0.1", port))
     assert free_port(port) == port
+
+
+def test_a_cluster_named_by_the_environment_but_not_running_is_an_error(own_home, monkeypatch,
+                                                                       tmp_path) -> None:
+    """Never a silent switch to the local engine when the user asked for a named cluster."""
+    monkeypatch.setenv("MILCO_OS_CLUSTER", f"gone-{os.getpid()}")
+    write_corpus(tmp_path / "c.jsonl", 3)  # pre-encoded vectors: no model needed
+    result = cli("ingest", "--index", "news", "--input", str(tmp_path / "c.jsonl"), "--quiet")
+    assert result.exit_code != 0, result.output
+    assert f"MILCO_OS_CLUSTER names the local cluster 'gone-{os.getpid()}', which is not " \
+        "running" in result.output
+    assert not Path(own_home["MILCO_OS_LOCAL_PATH"]).exists()  # nothing written locally

@@ -50,11 +50,18 @@ __all__ = [
 
 def endpoint() -> LocalEndpoint | None:
     """The cluster ``milco-os cluster up`` started (``MILCO_OS_CLUSTER`` names it, default
-    ``default``): None when none was started; an error when it was but does not answer
-    (so that nothing silently goes elsewhere)."""
-    cluster = LocalCluster(os.environ.get("MILCO_OS_CLUSTER") or "default")
+    ``default``): None when none was started; an error when it was but does not answer,
+    or when ``MILCO_OS_CLUSTER`` names one that is not running (so that nothing silently
+    goes elsewhere)."""
+    named = os.environ.get("MILCO_OS_CLUSTER", "").strip()
+    cluster = LocalCluster(named or "default")
     state = cluster.state()
     if state is None:
+        if named:  # a cluster asked for by name: never silently the local engine instead
+            raise ClusterUnreachableError(
+                f"MILCO_OS_CLUSTER names the local cluster {named!r}, which is not running: "
+                f"start it (`milco-os cluster up --name {named}`), or unset MILCO_OS_CLUSTER, "
+                "or pass --url or --engine local")
         return None
     hosts = cluster.hosts()
     if not hosts:
