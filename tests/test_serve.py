@@ -557,3 +557,22 @@ def test_bad_options_are_refused_before_serving(model: Path, local_root: Path,
         done = CliRunner().invoke(main, ["serve", "--model", str(model), *extra])
         assert done.exit_code == 2, (extra, done.output)
         assert says in done.output and isinstance(done.exception, SystemExit)  # no traceback
+
+
+def test_search_answers_a_pipe_query_by_query_before_it_closes(model: Path,
+                                                               local_root: Path) -> None:
+    """`milco-os search` reading a pipe prints each query's hits as its line arrives."""
+    command = [sys.executable, "-m", "milco_os.cli", "search", "--engine", "local",
+               "--local-path", str(local_root), "--index", "news", "--model", str(model),
+               "--json", "--k", "2"]
+    with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True) as search:
+        answers = []
+        for query in QUERIES[:2]:
+            search.stdin.write(query + "\n")
+            search.stdin.flush()  # the pipe stays open: the answer must come anyway
+            answers.append(json.loads(search.stdout.readline()))
+        search.stdin.close()
+        assert search.stdout.read() == "" and search.wait(timeout=60) == 0
+    assert [a["query"] for a in answers] == QUERIES[:2]
+    assert all(len(a["hits"]) == 2 for a in answers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 
 import click
 
@@ -64,14 +65,17 @@ def _read_texts(texts: tuple[str, ...]) -> list[str]:
 
 def read_stdin_lines() -> list[str]:
     """Standard input's lines, blank ones kept; invalid UTF-8 names the line."""
-    lines = []
-    for number, raw in enumerate(sys.stdin.buffer, 1):
+    return list(iter_stdin_lines())
+
+
+def iter_stdin_lines() -> Iterator[str]:
+    """Standard input's lines as they arrive (a pipe is answered line by line)."""
+    for number, raw in enumerate(iter(sys.stdin.buffer.readline, b""), 1):
         try:
-            lines.append(raw.decode("utf-8").rstrip("\r\n"))
+            yield raw.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError as exc:
             raise InputError(f"standard input line {number}: invalid UTF-8 at byte "
                              f"{exc.start}") from None
-    return lines
 
 
 def _readable(text: str, vector) -> str:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 import click
 
-from milco_os.cli.encode import read_stdin_lines
+from milco_os.cli.encode import iter_stdin_lines
 from milco_os.cli.index import engine_options
 from milco_os.cli.options import DEVICE, PRUNE, UNIT_INTERVAL, connection_options, load_encoder
 from milco_os.compatibility import check_index
@@ -28,12 +30,19 @@ def _options(alpha: float | None, mode: str, collapse: bool, query_prune: str | 
                          prune_ratio=prune_ratio, expansion_rate=expansion_rate, **fields)
 
 
-def _texts(texts: tuple[str, ...]) -> list[str]:
-    """The query texts: the arguments, or one per line of standard input."""
-    found = list(texts) or [line.strip() for line in read_stdin_lines() if line.strip()]
+def _query_batches(texts: tuple[str, ...]) -> Iterator[list[str]]:
+    """The arguments as one batch, or standard input one line at a time as lines arrive
+    (a pipe is answered query by query, not at its end)."""
+    if texts:
+        yield list(texts)
+        return
+    found = 0
+    for line in iter_stdin_lines():
+        if line.strip():
+            found += 1
+            yield [line.strip()]
     if not found:
         raise click.UsageError("no query: give TEXT arguments or lines on standard input")
-    return found
 
 
 def _model_of(engine: Any, index: str, model: str | None, force: bool = False) -> str:
@@ -126,17 +135,17 @@ def search(texts: tuple[str, ...], index_name: str, model: str | None, k: int,
     """
     from milco_os.search import Searcher
 
-    queries = _texts(texts)
     encoder = load_encoder(_model_of(engine, index_name, model, force), device)
     searcher = Searcher(engine, index_name, encoder, options)
-    vectors = searcher.encode(queries)
-    for text, vector in zip(queries, vectors, strict=True):
-        hits = searcher.search_vector(vector, text, k)
-        explanations = searcher.explain_all(hits, vector, text) if explain else []
-        if as_json:
-            click.echo(json.dumps(_json_line(text, hits, explanations), ensure_ascii=False))
-        else:
-            click.echo(_text_block(text, hits, explanations))
+    for queries in _query_batches(texts):
+        for text, vector in zip(queries, searcher.encode(queries), strict=True):
+            hits = searcher.search_vector(vector, text, k)
+            explanations = searcher.explain_all(hits, vector, text) if explain else []
+            if as_json:
+                click.echo(json.dumps(_json_line(text, hits, explanations), ensure_ascii=False))
+            else:
+                click.echo(_text_block(text, hits, explanations))
+            sys.stdout.flush()
 
 
 def _json_line(text: str, hits: list, explanations: list) -> dict[str, Any]:
