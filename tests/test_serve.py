@@ -559,6 +559,18 @@ def test_bad_options_are_refused_before_serving(model: Path, local_root: Path,
         assert says in done.output and isinstance(done.exception, SystemExit)  # no traceback
 
 
+def test_serving_beyond_loopback_without_a_token_is_warned_about(model: Path, local_root: Path,
+                                                                 tmp_path: Path) -> None:
+    # An index built by another model stops the command right after the warning.
+    refused = ["--engine", "local", "--local-path", str(local_root), "--index", "news",
+               "--model", str(tmp_path)]
+    for host, warned in (("0.0.0.0", True), ("::", True), ("127.0.0.1", False),
+                         ("localhost", False)):
+        done = CliRunner().invoke(main, ["serve", "--host", host, *refused])
+        assert done.exit_code == 2, done.output
+        assert ("without a bearer token" in done.output) is warned, (host, done.output)
+
+
 def test_search_answers_a_pipe_query_by_query_before_it_closes(model: Path,
                                                                local_root: Path) -> None:
     """`milco-os search` reading a pipe prints each query's hits as its line arrives."""

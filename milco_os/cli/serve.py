@@ -78,6 +78,9 @@ def serve(model: str, host: str, port: int, workers: int, device: str | None,
                              threads=threads, indexes=indexes, token=read_token(token_file))
     except MilcoOSError as exc:
         raise click.UsageError(str(exc)) from None
+    if not config.token and not _loopback(host):
+        click.echo(f"warning: serving on {host} without a bearer token: anyone who can reach "
+                   "this port can use it (give --token-file or MILCO_OS_SERVE_TOKEN)", err=True)
     engine = _engine(settings, model, indexes, force)
     if workers > 1 and fd is None:
         sys.exit(_supervise(host, port, workers))
@@ -106,6 +109,18 @@ def _engine(settings: ConnectionSettings, model: str, indexes: tuple[str, ...],
     except (EngineError, ConnectionSettingsError) as exc:
         raise click.ClickException(str(exc)) from None
     return engine
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
 
 
 def _run(config: Any, engine: Any, host: str, port: int, fd: int | None,
