@@ -50,6 +50,7 @@ from milco_os.compatibility import check_index
 from milco_os.corpus import Document, Record, RecordError, read_files, read_hub, shard
 from milco_os.documents import build_source
 from milco_os.engines.base import (
+    MAX_ID_BYTES,
     BulkFailure,
     Engine,
     EngineError,
@@ -78,6 +79,14 @@ class IngestError(MilcoOSError, RuntimeError):
     def __init__(self, message: str, report: IngestReport) -> None:
         super().__init__(message)
         self.report = report
+
+
+def passage_id_problem(doc_id: str, longest: str) -> str:
+    """Why a document id is too long once its passage suffix (``#N``) is added."""
+    own = len(doc_id.encode("utf-8"))
+    suffix = len(longest.encode("utf-8")) - own
+    return (f"id is {own} bytes long; with its passage suffix ('#N', {suffix} bytes) it must fit "
+            f"the engines' {MAX_ID_BYTES}, so ids may have at most {MAX_ID_BYTES - suffix} bytes")
 
 
 def engine_id(doc_id: str, passage: int) -> str:
@@ -308,10 +317,11 @@ class Ingestor:
             texts = self.splitter(record.text) if self.splitter and not record.vectors \
                 else [record.text]
             ids = [engine_id(record.id, number) for number in range(len(texts))]
-            if problem := id_problem(ids[-1]):  # the engine would refuse the whole request
+            if id_problem(ids[-1]):  # the engine would refuse the whole request
                 report.invalid += 1
                 report.record_error(str(RecordError(record.position, record.id[:64] + "...",
-                                                    "id", problem)), sink)
+                                                    "id", passage_id_problem(record.id, ids[-1]))),
+                                    sink)
                 continue
             batch.extend(_Passage(i, record, n, text)
                          for n, (i, text) in enumerate(zip(ids, texts, strict=True)))

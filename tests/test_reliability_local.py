@@ -43,6 +43,18 @@ def test_local_storage_does_not_grow_on_re_runs(tmp_path) -> None:
     assert engine.count("again") == 60
 
 
+def test_an_id_too_long_for_its_passage_suffix_names_both_sizes(tmp_path) -> None:
+    rows = write_corpus(tmp_path / "c.jsonl", 3)
+    rows[1]["id"] = "x" * 512  # the limit itself: '#0' makes the engine id 514 bytes
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    errors = tmp_path / "errors.jsonl"
+    report = Ingestor(LocalEngine(tmp_path / "engine"), IngestSpec(index="ids"), progress=False,
+                      error_log=errors).run(read_files([tmp_path / "c.jsonl"]))
+    assert (report.read, report.indexed, report.invalid) == (3, 2, 1)
+    assert "id is 512 bytes long; with its passage suffix ('#N', 2 bytes) it must fit the " \
+        "engines' 512, so ids may have at most 510 bytes" in errors.read_text()
+
+
 @pytest.fixture
 def splade_folder(tmp_path):
     config = BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=1,
@@ -74,3 +86,21 @@ def test_a_splade_checkpoint_missing_a_tensor_is_refused(splade_folder) -> None:
 def test_a_complete_splade_checkpoint_loads(splade_folder) -> None:
     model = load_sparse_model(splade_folder)
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def test_a_pre_encoded_corpus_never_loads_the_model(tmp_path, monkeypatch) -> None:
+    import importlib
+
+    ingest_cli = importlib.import_module("milco_os.cli.ingest")
+
+    def refuse(*_args):
+        raise AssertionError("the model was loaded for a pre-encoded corpus")
+
+    monkeypatch.setattr(ingest_cli, "load_encoder", refuse)
+    write_corpus(tmp_path / "c.jsonl", 5)
+    result = CliRunner().invoke(main, ["ingest", "--engine", "local", "--local-path",
+                                       str(tmp_path / "engine"), "--index", "pre", "--input",
+                                       str(tmp_path / "c.jsonl"), "--model", "milco-small",
+                                       "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1])["indexed"] == 5

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import json
 import signal
 import sys
@@ -83,9 +85,9 @@ def ingest(index: str, spec_path: str | None, inputs: tuple[str, ...], model: st
         spec = IngestSpec(index=index)
     spec = spec.with_overrides(index=index, files=inputs, model=model, prune=prune,
                                max_length=max_length, batch_size=batch_size, lang=lang)
-    encoder = _encoder(spec.model, device)
+    records, pre_encoded = _peek_pre_encoded(read_source(spec))
+    encoder = _encoder(spec.model, device, lazy=pre_encoded and not spec.passages.window)
     engine = open_engine(settings)
-    records = read_source(spec)
     click.echo(f"ingesting into {engine.name} index {spec.index!r} "
                f"(model {spec.model or 'none: pre-encoded vectors'}, prune {spec.prune})",
                err=True)
@@ -112,12 +114,38 @@ def ingest(index: str, spec_path: str | None, inputs: tuple[str, ...], model: st
         sys.exit(1)
 
 
-def _encoder(model: str | None, device: str | None) -> Any:
+def _encoder(model: str | None, device: str | None, lazy: bool = False) -> Any:
+    """The encoder of ``model``, loaded now (a bad model stops the command before any work),
+    or when first used if ``lazy`` (a pre-encoded corpus never needs it)."""
     if not model:
         return None
+    if lazy:
+        return _LazyEncoder(model, device)
     if not Path(model).exists():
         click.echo(f"model {model!r} is not a local folder: fetching it by name", err=True)
     return load_encoder(model, device)
+
+
+class _LazyEncoder:
+    """An encoder loaded by its first ``encode``."""
+
+    def __init__(self, model: str, device: str | None) -> None:
+        self.model, self.device = model, device
+
+    @functools.cached_property
+    def loaded(self) -> Any:
+        return _encoder(self.model, self.device)
+
+    def encode(self, *args: Any, **kwargs: Any) -> Any:
+        return self.loaded.encode(*args, **kwargs)
+
+
+def _peek_pre_encoded(records: Iterator[Any]) -> tuple[Iterator[Any], bool]:
+    """``records`` unchanged, and whether the first one carries its own vectors."""
+    first = next(records, None)
+    if first is None:
+        return iter(()), False
+    return itertools.chain([first], records), getattr(first, "vectors", None) is not None
 
 
 @contextlib.contextmanager
