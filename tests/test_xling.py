@@ -16,6 +16,7 @@ from milco_os.training.data import read_ntrex, read_tatoeba
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "training"))
 import eval_xling  # noqa: E402
+import xling_diagnostics as diagnostics  # noqa: E402
 
 
 def vector(pivot: dict[int, float], echo: dict[int, float]) -> SparseVector:
@@ -107,4 +108,16 @@ def test_bad_languages_are_one_line_errors(capsys):
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "eval_xling: --langs/--sets: unknown ['xx']; languages are zh, ar, hi, ru, th, de, "
-        "es, ja, ko, fr, fa, tr, vi, sets ntrex, tatoeba"]
+        "es, ja, ko, fr, fa, tr, vi, sets ntrex, tatoeba, paragraphs"]
+
+
+def test_paragraphs_are_consecutive_lines_of_one_article():
+    ids = ["a", "a", "a", "a", "b", "b", "c"]
+    assert eval_xling.paragraphs(ids) == [[0, 1, 2], [3], [4, 5], [6]]
+
+
+def test_noise_terms_are_special_tokens_bare_pieces_and_punctuation():
+    noisy = ["<s>", "</s>", "<pad>", "[CLS]", "[SEP]", "[unused12]", "▁", ".", "##,", "▁\"",
+             "。", "'"]
+    lexical = ["beijing", "##ing", "▁北京", "s", "u.s", "▁Moskau"]
+    assert [t for t in noisy + lexical if diagnostics.noise_term(t)] == noisy

@@ -42,6 +42,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout
 
+import xling_diagnostics as diagnostics  # noqa: E402
+
 from milco_os import evaluation as ev  # noqa: E402
 from milco_os.corpus import Document  # noqa: E402
 from milco_os.datasets import EvalDataset, Qrels, Query  # noqa: E402
@@ -64,7 +66,7 @@ def repo_relative(path: Path) -> str:
 METRIC = "nDCG@10"
 VIEWS = {"pivot": ("pivot",), "echo": ("echo",), "pivot+echo": ("pivot", "echo")}
 SWEEP_VIEWS = {"pivot": "pivot", "echo": "echo", "pivot+echo": "both"}  # Sweep's names
-SETS = ("ntrex", "tatoeba")
+SETS = ("ntrex", "tatoeba", "paragraphs")
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,40 @@ def ntrex_heldout(holdout: Holdout, langs: Sequence[str]) -> EvalDataset:
             relevant[qid] = english[line]
     return _dataset("ntrex128-heldout", queries, english, [str(i) for i in range(len(english))],
                     relevant)
+
+
+PARAGRAPH_LINES = 3  # consecutive lines of one article make a paragraph
+
+
+def paragraphs(document_ids: Sequence[str]) -> list[list[int]]:
+    """Line numbers grouped into paragraphs of up to ``PARAGRAPH_LINES`` consecutive lines
+    of the same article (an article's last paragraph may be shorter)."""
+    groups: list[list[int]] = []
+    for line, doc in enumerate(document_ids):
+        if groups and document_ids[groups[-1][0]] == doc and len(groups[-1]) < PARAGRAPH_LINES:
+            groups[-1].append(line)
+        else:
+            groups.append([line])
+    return groups
+
+
+def ntrex_paragraphs_heldout(holdout: Holdout, langs: Sequence[str]) -> EvalDataset:
+    """NTREX-128 as paragraphs (users index paragraphs): each held-out article's paragraphs
+    in language X against the English paragraphs of all 123 articles."""
+    ids = (holdout.ntrex / "DOCUMENT_IDS.tsv").read_text(encoding="utf-8").splitlines()
+    mask = ntrex_heldout_mask(holdout.ntrex, holdout.ntrex_documents)
+    groups = paragraphs(ids)
+    queries, relevant, english = [], {}, []
+    for lang in langs:
+        english, translated = ntrex_lines(holdout.ntrex, LANGUAGES[lang][0])
+        for number, group in enumerate(groups):
+            if mask[group[0]]:
+                qid = f"{lang}/p{number}"
+                queries.append(Query(qid, " ".join(translated[i] for i in group), lang))
+                relevant[qid] = " ".join(english[i] for i in group)
+    corpus = [" ".join(english[i] for i in group) for group in groups]
+    return _dataset("ntrex128-paragraphs-heldout", queries, corpus,
+                    [f"p{n}" for n in range(len(groups))], relevant)
 
 
 def tatoeba_heldout(holdout: Holdout, langs: Sequence[str]) -> EvalDataset:
@@ -200,6 +236,26 @@ def engine_rows(label: str, encoder: Any, model: str, data: EvalDataset, index: 
     return rows
 
 
+def diagnose(encoder: Any, holdout: Holdout, langs: Sequence[str], config: Path
+             ) -> dict[str, Any]:
+    """Alignment overlap on the NTREX held-out lines and term statistics over 1,000 held-out
+    English passages (NTREX held-out lines, then Tatoeba held-out English sentences)."""
+    from milco_os.encoder import SparseEncoder
+
+    teacher_path = yaml.safe_load(config.read_text(encoding="utf-8"))["teacher"]
+    teacher = SparseEncoder.from_pretrained((REPO / os.path.expanduser(teacher_path)).resolve(),
+                                            device="cpu")
+    mask = ntrex_heldout_mask(holdout.ntrex, holdout.ntrex_documents)
+    pairs, english = {}, []
+    for lang in langs:
+        english, translated = ntrex_lines(holdout.ntrex, LANGUAGES[lang][0])
+        pairs[lang] = [(translated[i], english[i]) for i, held in enumerate(mask) if held]
+    tatoeba_english = [d.text for d in tatoeba_heldout(holdout, langs).corpus(None)()]
+    passages = list(dict.fromkeys([e for _, e in pairs[langs[0]]] + tatoeba_english))[:1000]
+    return {"alignment_overlap_top20": diagnostics.alignment_overlap(encoder, teacher, pairs),
+            "term_statistics": diagnostics.term_statistics(encoder, passages)}
+
+
 def table_record(rows: dict[str, ev.Evaluation], langs: Sequence[str]) -> dict[str, Any]:
     record = {}
     for label, evaluation in rows.items():
@@ -215,7 +271,10 @@ def markdown(name: str, record: dict[str, dict[str, float]], langs: Sequence[str
     head = {"ntrex": f"NTREX-128 held-out articles: {n_queries} queries per language, "
                      f"{n_docs:,} English lines",
             "tatoeba": f"Tatoeba held-out pairs: {n_queries} queries per language, "
-                       f"{n_docs:,} distinct English sentences"}[name]
+                       f"{n_docs:,} distinct English sentences",
+            "paragraphs": f"NTREX-128 held-out articles as paragraphs of up to "
+                          f"{PARAGRAPH_LINES} lines: {n_queries} queries per language, "
+                          f"{n_docs:,} English paragraphs"}[name]
     rows = [[label, *(values[lang] for lang in [*langs, "mean"])]
             for label, values in record.items()]
     return f"{METRIC}, X->English, {head}\n\n" + ev.markdown_table(
@@ -250,6 +309,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              f"{', '.join(VIEWS)} (every view is scored exactly)")
     parser.add_argument("--index-prefix", default="xling-heldout")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for encoding")
+    parser.add_argument("--dense", action="store_true",
+                        help="add each model's own encoder used densely (mean pooling) as a "
+                             "reference row")
+    parser.add_argument("--diagnostics", action="store_true",
+                        help="for each model: top-20 alignment overlap with the teacher on "
+                             "held-out pairs, and pivot term statistics over held-out passages")
     parser.add_argument("--out", type=Path, help="write xling.json and xling.md here")
     parser.add_argument("--export", type=Path, help="write the sets as BEIR folders and exit")
     args = parser.parse_args(argv)
@@ -272,7 +337,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise InputError(f"--engine-views: unknown {sorted(set(engine_views) - set(VIEWS))}; "
                          f"views are {', '.join(VIEWS)}")
     holdout = Holdout.from_config(args.config)
-    builders = {"ntrex": ntrex_heldout, "tatoeba": tatoeba_heldout}
+    builders = {"ntrex": ntrex_heldout, "tatoeba": tatoeba_heldout,
+                "paragraphs": ntrex_paragraphs_heldout}
     datasets = {name: builders[name](holdout, langs) for name in sets}
     if args.export:
         export(args.export, datasets)
@@ -290,6 +356,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     engine_model = args.engine_model or (args.model[-1] if args.model else None)
     url = args.url or os.environ.get("MILCO_OS_URL")
     rows: dict[str, dict[str, ev.Evaluation]] = {name: {} for name in sets}
+    diagnosed: dict[str, dict[str, Any]] = {}
     started = time.time()
     for label, folder in models.items():
         encoder = ev.CachingEncoder(SparseEncoder.from_pretrained(folder, device="cpu"))
@@ -299,8 +366,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 rows[name].update(engine_rows(label, encoder, folder, data,
                                               f"{args.index_prefix}-{name}",
                                               ConnectionSettings(url=url), engine_views))
+            if args.dense:
+                rows[name].update(diagnostics.dense_rows(label, folder, data))
             print(f"{label} on {name}: done after {time.time() - started:.0f} s",
                   file=sys.stderr)
+        if args.diagnostics:
+            diagnosed[label] = diagnose(encoder, holdout, langs, args.config)
     record = {"metric": METRIC, "languages": langs, "config": repo_relative(args.config),
               "command": " ".join(["python", "training/eval_xling.py", *sys.argv[1:]]),
               "seconds": round(time.time() - started),
@@ -309,8 +380,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         record["margin_over_bm25"] = {
             name: margins(t, f"{label_of(engine_model)} [pivot+echo]", langs)
             for name, t in record["sets"].items()}
+    if diagnosed:
+        record["diagnostics"] = diagnosed
     text = "\n\n".join(markdown(name, record["sets"][name], langs, datasets[name])
                        for name in sets)
+    if diagnosed:
+        text += "\n\n" + "\n".join(f"{label}: {json.dumps(d, ensure_ascii=False)}"
+                                    for label, d in diagnosed.items())
     print(text)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
