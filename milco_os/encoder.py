@@ -68,6 +68,10 @@ class SparseEncoder:
         self.compute_dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         self.pad_id = _pad_id(tokenizer)
         self.max_positions = model.max_input_positions
+        # Source pieces whose positions echo nothing (a milco-os-trained model's config;
+        # released checkpoints have none): special tokens, bare "▁", punctuation.
+        ignored = getattr(getattr(model, "config", None), "echo_ignored_ids", None) or []
+        self.echo_ignored = np.asarray(sorted(ignored), dtype=np.int64)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None,
@@ -181,6 +185,8 @@ class SparseEncoder:
 
     def _echo_view(self, ids: np.ndarray, weights: np.ndarray, keep_special: bool) -> SparseView:
         """Sum the weights of every position holding the same token id."""
+        if len(self.echo_ignored):
+            weights = np.where(np.isin(ids, self.echo_ignored), 0.0, weights)
         unique, inverse = np.unique(ids, return_inverse=True)
         sums = np.bincount(inverse, weights=weights.astype(np.float64), minlength=len(unique))
         return self._view(unique, sums, self.echo_vocab, keep_special)

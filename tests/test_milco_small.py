@@ -153,3 +153,16 @@ def test_q4_blocks_decode_low_nibbles_first():
 def test_an_image_with_a_wrong_magic_is_refused():
     with pytest.raises(CheckpointError, match="bad magic"):
         e5_q4.encoder_state(b"GGUF" + struct.pack("<i", 1) + bytes(64))
+
+
+def test_a_cut_encoder_keeps_its_first_layers_only():
+    state = {f"m_model.encoder.layer.{i}.attention.w": torch.zeros(1) for i in range(12)}
+    state.update({"m_model.embeddings.w": torch.zeros(1), "projector.weight": torch.zeros(1),
+                  "m_model.encoder.layer.10.output.w": torch.zeros(1)})
+    kept = named.encoder_layers_kept(state, 6)
+    assert sorted(k for k in kept if ".layer." in k) == [
+        f"m_model.encoder.layer.{i}.attention.w" for i in range(6)]
+    assert {"m_model.embeddings.w", "projector.weight"} <= kept.keys()
+    config = json.loads((named.MILCO_SMALL.data_dir / "config.json").read_text("utf-8"))
+    assert named.shipped_encoder_layers(named.MILCO_SMALL) == \
+        config["m_encoder_config"]["num_hidden_layers"]

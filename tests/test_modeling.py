@@ -249,6 +249,43 @@ def test_from_backbones_copies_the_english_head_untied(tmp_path):
     assert torch.equal(a.pivot_logits, b.pivot_logits) and torch.equal(a.echo, b.echo)
 
 
+def test_from_backbones_can_keep_only_the_first_encoder_layers(tmp_path):
+    """A cut encoder is an ordinary, shorter XLM-R: its last state is that layer's output."""
+    full = XLMRobertaModel(XLMRobertaConfig(
+        vocab_size=300, hidden_size=24, num_hidden_layers=3, num_attention_heads=2,
+        intermediate_size=48, max_position_embeddings=66, type_vocab_size=1)).eval()
+    full.save_pretrained(tmp_path / "enc3")
+    _, splade_path = _tiny_backbones(tmp_path)
+    model = MilcoModel.from_backbones(tmp_path / "enc3", splade_path, encoder_layers=2).eval()
+    ids = torch.tensor([[0, 5, 6, 2]])
+    with torch.no_grad():
+        layer2 = full(input_ids=ids, output_hidden_states=True).hidden_states[2]
+        torch.testing.assert_close(model.encode_states(ids, torch.ones_like(ids)), layer2)
+    reloaded = MilcoModel.from_pretrained(model.save_pretrained(tmp_path / "cut"))
+    assert len(reloaded.m_model.encoder.layer) == 2
+    assert not any(k.startswith("m_model.encoder.layer.2.")
+                   for k in load_file(tmp_path / "cut" / "model.safetensors"))
+    with pytest.raises(ValueError, match="encoder_layers must be in 1..3"):
+        MilcoModel.from_backbones(tmp_path / "enc3", splade_path, encoder_layers=4)
+
+
+def test_echo_ignored_ids_echo_nothing_and_leave_the_rest(tiny, tmp_path):
+    from milco_os.encoder import SparseEncoder
+
+    text = "the city of music"
+    before = SparseEncoder.from_pretrained(tiny).encode([text])[0].echo.to_dict()
+    assert {"<s>", "</s>"} <= set(before)  # released math: special tokens echo too
+    config = json.loads((tiny / "config.json").read_text())
+    encoder = SparseEncoder.from_pretrained(tiny)
+    ignored = [encoder.echo_vocab.terms.tolist().index(t) for t in ("<s>", "</s>")]
+    config["echo_ignored_ids"] = ignored
+    folder = tmp_path / "quiet"
+    shutil.copytree(tiny, folder)
+    (folder / "config.json").write_text(json.dumps(config))
+    after = SparseEncoder.from_pretrained(folder).encode([text])[0].echo.to_dict()
+    assert after == {t: w for t, w in before.items() if t not in ("<s>", "</s>")}
+
+
 def test_load_sparse_model_picks_the_class(tiny, tmp_path):
     assert isinstance(load_sparse_model(tiny), MilcoModel)
     _, splade_path = _tiny_backbones(tmp_path)

@@ -12,11 +12,11 @@ import pytest
 from milco_os.evaluation import evaluate, exact_run, exact_scores
 from milco_os.sparse import SparseVector, SparseView
 from milco_os.training.data import read_ntrex, read_tatoeba
+from milco_os.training.noise import noise_term
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "training"))
 import eval_xling  # noqa: E402
-import xling_diagnostics as diagnostics  # noqa: E402
 
 
 def vector(pivot: dict[int, float], echo: dict[int, float]) -> SparseVector:
@@ -120,4 +120,4 @@ def test_noise_terms_are_special_tokens_bare_pieces_and_punctuation():
     noisy = ["<s>", "</s>", "<pad>", "[CLS]", "[SEP]", "[unused12]", "▁", ".", "##,", "▁\"",
              "。", "'"]
     lexical = ["beijing", "##ing", "▁北京", "s", "u.s", "▁Moskau"]
-    assert [t for t in noisy + lexical if diagnostics.noise_term(t)] == noisy
+    assert [t for t in noisy + lexical if noise_term(t)] == noisy

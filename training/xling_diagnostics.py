@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import string
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -23,18 +22,9 @@ import numpy as np
 
 from milco_os import evaluation as ev
 from milco_os.datasets import EvalDataset
+from milco_os.training.noise import noise_term
 
 TOP = 20
-PUNCTUATION = set(string.punctuation) | set("“”‘’«»—–…、。，！？：；（）「」《》·")
-
-
-def noise_term(term: str) -> bool:
-    """A special token (``<s>``, ``[CLS]``, ``[unused3]``...), the bare ``▁``, or a piece made
-    only of punctuation (``.``, ``##,``, ``▁"``)."""
-    if term.startswith(("<", "[")) and term.endswith((">", "]")):
-        return True
-    core = term.removeprefix("##").removeprefix("▁")
-    return core == "" or all(ch in PUNCTUATION for ch in core)
 
 
 def mean_pooled(model: Any, tokenizer: Any, texts: Sequence[str], prefix: str,

@@ -98,6 +98,9 @@ class MilcoConfig(PretrainedConfig):
     sparse_reg: str = "l1"
     m_encoder_config: dict | None = None
     en_head_config: dict | None = None
+    # Source-vocabulary ids whose positions echo nothing (special tokens, the bare "▁",
+    # punctuation-only pieces): set by milco-os training; absent from released checkpoints.
+    echo_ignored_ids: list[int] | None = None
 
     def encoder_config(self) -> XLMRobertaConfig:
         fields = dict(self.m_encoder_config or {
@@ -205,13 +208,21 @@ class MilcoModel(SparseModel):
 
     @classmethod
     def from_backbones(cls, encoder_path: str | Path, splade_path: str | Path,
-                       echo: bool = True) -> MilcoModel:
+                       echo: bool = True, encoder_layers: int | None = None) -> MilcoModel:
         """A fresh MILCO from an XLM-R-type encoder folder and a BertForMaskedLM SPLADE folder.
 
         The connector (and echo head, scale 1) are freshly initialised; the English head
         is a copy of the SPLADE MLM head with its decoder untied from the embeddings.
+        ``encoder_layers`` keeps only the encoder's first layers (its last hidden state is
+        then that layer's output).
         """
         encoder = XLMRobertaModel.from_pretrained(str(encoder_path), add_pooling_layer=True)
+        if encoder_layers is not None:
+            if not 1 <= encoder_layers <= encoder.config.num_hidden_layers:
+                raise ValueError(f"encoder_layers must be in 1..{encoder.config.num_hidden_layers}"
+                                 f", got {encoder_layers}")
+            encoder.encoder.layer = encoder.encoder.layer[:encoder_layers]
+            encoder.config.num_hidden_layers = encoder_layers
         splade = BertForMaskedLM.from_pretrained(str(splade_path))
         enc_cfg, head_cfg = encoder.config, splade.config
         config = MilcoConfig(

