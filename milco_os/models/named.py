@@ -38,6 +38,7 @@ import torch
 from milco_os.models import e5_q4
 from milco_os.models.base import CheckpointError
 from milco_os.models.files import (
+    CONFIG_NAME,
     EN_TOKENIZER_DIR,
     SAFETENSORS_NAME,
     save_safetensors,
