@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from milco_os.cli.options import DEVICE, PRUNE, connection_options, load_encoder
+from milco_os.cli.options import DEVICE, PRUNE, check_model, connection_options, load_encoder
 from milco_os.connection import ConnectionSettings
 
 
@@ -120,6 +120,7 @@ def _encoder(model: str | None, device: str | None, lazy: bool = False) -> Any:
     if not model:
         return None
     if lazy:
+        check_model(model)  # a bad model stops the command even when no text needs it
         return _LazyEncoder(model, device)
     if not Path(model).exists():
         click.echo(f"model {model!r} is not a local folder: fetching it by name", err=True)

@@ -106,6 +106,15 @@ def load_encoder(model: str, device: str | None = None) -> Any:
         return SparseEncoder.from_pretrained(model, device=device)
 
 
+def check_model(model: str) -> None:
+    """The checks of :func:`load_encoder` that read no weights (for a command that may never
+    need the model), failing as it does."""
+    from milco_os.models.registry import check_model as check
+
+    with _model_errors(model):
+        check(model)
+
+
 def load_model(model: str) -> Any:
     """The sparse model of ``model`` (no tokenizers), failing as :func:`load_encoder` does."""
     from milco_os.models.registry import load_sparse_model

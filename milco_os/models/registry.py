@@ -58,3 +58,23 @@ def load_sparse_model(path: str | Path, *, device: str | torch.device | None = N
     """Load a model folder, named model (``milco-small``) or hub id of any registered family."""
     folder = resolve_model(path)
     return model_class(folder).from_pretrained(folder, device=device, dtype=dtype)
+
+
+def check_model(path: str | Path) -> Path:
+    """What loading ``path`` checks before it reads any weight: the folder (or named model)
+    resolves, its config names a supported family, and its weights file is complete (a
+    safetensors header read, nothing more). Returns the folder."""
+    folder = resolve_model(path)
+    model_class(folder)
+    weights = folder / "model.safetensors"
+    if weights.is_file():
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(weights), framework="pt"):
+                pass
+        except SafetensorError as exc:  # truncated, or not safetensors at all
+            raise CheckpointError(f"{weights}: {exc}") from None
+    elif not (folder / "pytorch_model.bin").is_file():
+        raise CheckpointError(f"{folder} has neither model.safetensors nor pytorch_model.bin")
+    return folder
