@@ -36,6 +36,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -47,6 +48,7 @@ sys.path.insert(0, str(REPO))
 
 from milco_os.models.milco import MilcoModel  # noqa: E402
 from milco_os.training.data import load_parallel_source  # noqa: E402
+from milco_os.training.losses import score_matrix  # noqa: E402
 from milco_os.training.noise import noise_ids  # noqa: E402
 
 BLOCKED_BIAS = -1.0e4  # a decoder bias no state can overcome: the term never has weight
@@ -164,41 +166,44 @@ def cosine_lr(step: int, total: int, warmup: int) -> float:
     return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / total))
 
 
+def optimise(name: str, parameters: list, lr: float, steps: int, warmup: int, seed: int,
+             pairs: torch.Tensor, batch_size: int,
+             batch_loss: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """AdamW with warmup and a cosine decay over ``steps`` batches of random pairs."""
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(seed)
+    started = time.time()
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr * cosine_lr(step, steps, warmup)
+        loss = batch_loss(pairs[torch.randint(len(pairs), (batch_size,), generator=generator)])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 50 == 0 or step == steps - 1:
+            print(f"{name} step {step} loss {loss.item():.3f} ({time.time() - started:.0f} s)",
+                  flush=True)
+
+
 def train_alignment(model: MilcoModel, cache: StateCache, pairs: torch.Tensor,
                     teacher: torch.Tensor, args: argparse.Namespace) -> None:
-    parameters = [*model.projector.parameters(), *model.mlm_head.parameters()]
-    optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.0)
-    generator = torch.Generator().manual_seed(args.seed)
-    started = time.time()
-    for step in range(args.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = args.lr * cosine_lr(step, args.steps, 50)
-        batch = pairs[torch.randint(len(pairs), (args.batch_size,), generator=generator)]
+    def batch_loss(batch: torch.Tensor) -> torch.Tensor:
         target = teacher.index_select(0, batch[:, 2]).to_dense()
         loss = torch.zeros(())
         for side in (0, 1):  # the non-English text, then the English text
             hidden, mask, _ = cache.batch(batch[:, side].tolist())
             raw, columns = pooled_raw_active(model, hidden, mask, target)
             loss = loss + smse(raw, target[:, columns], args.margin)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if step % 50 == 0 or step == args.steps - 1:
-            print(f"alignment step {step} loss {loss.item():.3f} "
-                  f"({time.time() - started:.0f} s)", flush=True)
+        return loss
+
+    optimise("alignment", [*model.projector.parameters(), *model.mlm_head.parameters()],
+             args.lr, args.steps, 50, args.seed, pairs, args.batch_size, batch_loss)
 
 
 def train_echo(model: MilcoModel, cache: StateCache, pairs: torch.Tensor,
                ignored: torch.Tensor, args: argparse.Namespace) -> None:
     """InfoNCE over the batch: pivot dot product (frozen) plus the echo score."""
-    optimizer = torch.optim.AdamW([*model.echo.parameters(), model.scale], lr=args.echo_lr,
-                                  weight_decay=0.0)
-    generator = torch.Generator().manual_seed(args.seed + 1)
-    started = time.time()
-    for step in range(args.echo_steps):
-        for group in optimizer.param_groups:
-            group["lr"] = args.echo_lr * cosine_lr(step, args.echo_steps, 20)
-        batch = pairs[torch.randint(len(pairs), (args.batch_size,), generator=generator)]
+    def batch_loss(batch: torch.Tensor) -> torch.Tensor:
         sides = []
         for side in (0, 1):
             hidden, mask, ids = cache.batch(batch[:, side].tolist())
@@ -207,16 +212,11 @@ def train_echo(model: MilcoModel, cache: StateCache, pairs: torch.Tensor,
             echo = model.echo_from_states(hidden, mask) * ~torch.isin(ids, ignored)
             sides.append((pivot, echo, ids))
         (q_pivot, q_echo, q_ids), (d_pivot, d_echo, d_ids) = sides
-        from milco_os.training.losses import score_matrix
-
         scores = score_matrix(q_pivot, d_pivot, q_echo, q_ids, d_echo, d_ids)
-        loss = F.cross_entropy(scores, torch.arange(len(batch)))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if step % 50 == 0 or step == args.echo_steps - 1:
-            print(f"echo step {step} loss {loss.item():.3f} scale {model.echo_scale():.3f} "
-                  f"({time.time() - started:.0f} s)", flush=True)
+        return F.cross_entropy(scores, torch.arange(len(batch)))
+
+    optimise("echo", [*model.echo.parameters(), model.scale], args.echo_lr, args.echo_steps,
+             20, args.seed + 1, pairs, args.batch_size, batch_loss)
 
 
 def main(argv: list[str] | None = None) -> Path:
