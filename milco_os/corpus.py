@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,28 +161,30 @@ def _vector_problem(terms: Any) -> str | None:
     return None
 
 
-def _rows_jsonl(path: Path) -> Iterator[Mapping[str, Any] | RecordError]:
+def _rows_jsonl(path: Path) -> Iterator[tuple[Mapping[str, Any] | RecordError, str]]:
     # Lines are decoded one by one, so invalid UTF-8 costs that line, not the file.
     with path.open("rb") as lines:
         for number, raw in enumerate(lines, 1):
             if not raw.strip():
                 continue
             try:  # utf-8-sig: a byte-order mark opening the file is not part of record 1
-                yield json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
+                yield json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8")), \
+                    f"line {number}"
             except UnicodeDecodeError as exc:
-                yield RecordError(0, None, "<utf-8>", f"line {number}: invalid UTF-8 at byte "
-                                  f"{exc.start}", str(path))
+                yield RecordError(0, None, "<utf-8>", f"invalid UTF-8 at byte {exc.start}"), \
+                    f"line {number}"
             except json.JSONDecodeError as exc:
-                yield RecordError(0, None, "<json>", f"line {number}: {exc.msg}", str(path))
+                yield RecordError(0, None, "<json>", exc.msg), f"line {number}"
 
 
-def _rows_csv(path: Path) -> Iterator[Mapping[str, Any]]:
+def _rows_csv(path: Path) -> Iterator[tuple[Mapping[str, Any], str]]:
     delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
     with path.open(encoding="utf-8-sig", newline="") as handle:  # a leading BOM is no header
         # strict: an unterminated quote is an error, not a field that swallows the next records
         rows = csv.DictReader(handle, delimiter=delimiter, strict=True)
         try:
-            yield from rows
+            for row in rows:  # line_num is the row's last line; quoted fields may span lines
+                yield row, f"line {rows.line_num - _line_breaks(row)}"
         except UnicodeDecodeError as exc:  # csv cannot resynchronise: stop with the place
             raise CorpusFileError(f"{path}: invalid UTF-8 after line {rows.line_num} (byte "
                                   f"{exc.start} of the chunk); fix or convert the file") from None
@@ -190,11 +193,24 @@ def _rows_csv(path: Path) -> Iterator[Mapping[str, Any]]:
                                   "quote?); fix the file") from None
 
 
-def _rows_parquet(path: Path, batch_size: int = 1024) -> Iterator[Mapping[str, Any]]:
+def _line_breaks(row: Mapping[str, Any]) -> int:
+    """Line breaks inside a CSV row's fields (the extra fields of a long row included)."""
+    values = [v for value in row.values()
+              for v in (value if isinstance(value, list) else [value]) if v]
+    return sum(len(_LINE_BREAK.findall(v)) for v in values)
+
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def _rows_parquet(path: Path, batch_size: int = 1024
+                  ) -> Iterator[tuple[Mapping[str, Any], str]]:
     import pyarrow.parquet as pq
 
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
-        yield from batch.to_pylist()
+    batches = pq.ParquetFile(path).iter_batches(batch_size=batch_size)
+    rows = (row for batch in batches for row in batch.to_pylist())
+    for number, row in enumerate(rows, 1):
+        yield row, f"row {number}"
 
 
 READERS = {".jsonl": _rows_jsonl, ".json": _rows_jsonl, ".ndjson": _rows_jsonl,
@@ -233,7 +249,8 @@ def read_files(paths: Sequence[str | Path], fields: FieldMap | None = None) -> I
             raise MissingInputError(f"input file not found: {path}")
         if path.is_dir():
             raise MissingInputError(f"input is a folder, not a file: {path}")
-    return _number(((row, str(p)) for p in paths for row in _rows(p, readers[p])), fields)
+    return _number(((row, f"{p} {place}") for p in paths for row, place in _rows(p, readers[p])),
+                   fields)
 
 
 def read_hub(dataset: str, config: str | None = None, split: str = "train",
@@ -253,7 +270,7 @@ def read_hub(dataset: str, config: str | None = None, split: str = "train",
 def _number(rows: Iterable[tuple[Any, str]], fields: FieldMap) -> Iterator[Record]:
     for position, (row, source) in enumerate(rows):
         if isinstance(row, RecordError):
-            yield RecordError(position, None, row.field, row.reason, row.source)
+            yield RecordError(position, None, row.field, row.reason, source)
         else:
             yield to_document(row, position, fields, source)
 

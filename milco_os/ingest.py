@@ -81,6 +81,12 @@ class IngestError(MilcoOSError, RuntimeError):
         self.report = report
 
 
+# The index _meta key holding the refresh interval an index had before ingestion set its
+# bulk one: a run that starts while another is loading finds the bulk interval set, and
+# must restore the owner's, not take the bulk one (or the default) for it.
+RESTING_REFRESH_META = "resting_refresh_interval"
+
+
 def passage_id_problem(doc_id: str, longest: str) -> str:
     """Why a document id is too long once its passage suffix (``#N``) is added."""
     own = len(doc_id.encode("utf-8"))
@@ -280,10 +286,14 @@ class Ingestor:
                                    views=spec.views, pruning=spec.prune):
             log.warning("%s (forced)", warning)
         resting = info["settings"].get("refresh_interval")
-        if resting == spec.engine.refresh_interval:
-            resting = None  # left by a concurrent or interrupted run: restore the default
-        if spec.engine.refresh_interval is not None:
-            self.engine.set_refresh_interval(index, spec.engine.refresh_interval)
+        bulk = spec.engine.refresh_interval
+        if bulk is None:
+            return resting
+        if resting != bulk:  # the owner's setting: recorded for runs that overlap this one
+            self.engine.update_meta(index, {RESTING_REFRESH_META: resting})
+        else:  # set by a run still going, or interrupted: restore what it recorded
+            resting = info["meta"].get(RESTING_REFRESH_META)
+        self.engine.set_refresh_interval(index, bulk)
         return resting
 
     # ------------------------------------------------------------------ stages

@@ -62,8 +62,9 @@ def test_every_record_is_indexed_or_failed_with_its_reason(model_dir, cluster_ur
     assert report.indexed + report.skipped + report.failed == report.read
     assert report.indexed == len(GOOD)
     errors = "\n".join(report.errors)
-    for expected in ("(id 'empty')", "empty text", "(id 'blank')", "line 8: invalid UTF-8",
-                     "(id 'rtl')", "duplicate id", "missing document id",
+    for expected in ("(id 'empty')", "empty text", "(id 'blank')",
+                     "line 8: field '<utf-8>': invalid UTF-8", "(id 'rtl')", "duplicate id",
+                     "missing document id",
                      "(id 'typed')", "text must be a string", "id must be a string"):
         assert expected in errors, expected
     assert len((tmp_path / "errors.jsonl").read_text().splitlines()) == report.failed

@@ -100,6 +100,8 @@ def test_index_lifecycle(engine: ClusterEngine, index: str) -> None:
     info = engine.index_info(name)
     assert info["meta"]["model"] == "test-model" and info["meta"]["milco_os_version"]
     assert info["settings"] == {"shards": 1, "replicas": 0, "refresh_interval": "5s"}
+    engine.update_meta(name, {"resting_refresh_interval": "5s"})
+    assert engine.meta(name) == {**info["meta"], "resting_refresh_interval": "5s"}
     put(engine, name, [("a#0", build_source("a", 0, vec({"x": 1.0})))])
     assert engine.count(name) == 1 and engine.index_info(name)["docs"] == 1
     # the size is read now, not from the store stats the engine caches for 10 s

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from milco_os.cli import main
 from milco_os.corpus import read_files
 from milco_os.engines.local import LocalEngine
 from milco_os.errors import ModelLoadError
-from milco_os.ingest import Ingestor
+from milco_os.ingest import IngestError, Ingestor
 from milco_os.models.registry import load_sparse_model
 from milco_os.spec import BatchSizes, IngestSpec
 
@@ -104,3 +105,111 @@ def test_a_pre_encoded_corpus_never_loads_the_model(tmp_path, monkeypatch) -> No
                                        "--quiet"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout.strip().splitlines()[-1])["indexed"] == 5
+
+
+def test_a_segment_dropped_by_another_writer_while_loading_is_read_again(tmp_path,
+                                                                         monkeypatch) -> None:
+    import milco_os.engines.local as local
+
+    writer, reader = LocalEngine(tmp_path), LocalEngine(tmp_path)
+    writer.create_index("race", meta={"model": "m", "views": ["pivot"], "pruning": "none"})
+    for weight in (1.0, 2.0):  # the second segment supersedes the first
+        writer.bulk_index("race", [("d#0", {"doc_id": "d", "passage": 0,
+                                            "pivot": {"x": weight}})])
+    load = local._Snapshot.load_segment
+    dropped = []
+
+    def load_after_the_other_writer_refreshed(snapshot, directory, name):
+        if not dropped:  # the reader has read the manifest; the writer now drops segment 1
+            dropped.append(name)
+            writer.refresh("race")
+        return load(snapshot, directory, name)
+
+    monkeypatch.setattr(local._Snapshot, "load_segment", load_after_the_other_writer_refreshed)
+    assert reader.count("race") == 1
+    assert reader.get_sources("race", ["d#0"])["d#0"]["pivot"] == {"x": 2.0}
+    assert dropped and not (tmp_path / "race" / f"{dropped[0]}.npz").exists()
+
+
+def _ingest_into(args: tuple[str, str]) -> dict:
+    engine_dir, corpus = args
+    spec = IngestSpec(index="shared", batch=BatchSizes(encode=50, bulk_docs=50))
+    return Ingestor(LocalEngine(engine_dir), spec, progress=False).run(
+        read_files([corpus])).summary()
+
+
+def test_three_concurrent_writers_of_the_same_ids_all_finish(tmp_path) -> None:
+    import multiprocessing
+
+    write_corpus(tmp_path / "c.jsonl", 1500)
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        reports = pool.map(_ingest_into, [(str(tmp_path / "engine"), str(tmp_path / "c.jsonl"))]
+                           * 3)
+    assert [(r["read"], r["indexed"], r["failed"]) for r in reports] == [(1500, 1500, 0)] * 3
+    engine = LocalEngine(tmp_path / "engine")
+    assert engine.count("shared") == 1500
+    engine.refresh("shared")
+    named = json.loads((tmp_path / "engine" / "shared" / "index.json").read_text())["segments"]
+    on_disk = {p.stem for p in (tmp_path / "engine" / "shared").glob("seg-*")}
+    assert on_disk == set(named) and len(named) == 30  # every superseded segment dropped
+
+
+def test_a_full_disk_names_the_file_leaves_no_partial_segment_and_reports(tmp_path,
+                                                                         monkeypatch) -> None:
+    import errno
+
+    import numpy as np
+
+    import milco_os.engines.local as local
+
+    write_corpus(tmp_path / "c.jsonl", 100)
+    engine = LocalEngine(tmp_path / "engine")
+    engine.create_index("full", meta={"model": "milco-small", "views": ["pivot", "echo"],
+                                      "pruning": "none"}, refresh_interval="5s")
+    savez, written = np.savez, []
+
+    def fill_the_disk(path, **arrays):
+        if written:  # the second segment meets a full disk half-way through
+            path.write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        written.append(path)
+        return savez(path, **arrays)
+
+    monkeypatch.setattr(local.np, "savez", fill_the_disk)
+    spec = IngestSpec(index="full", batch=BatchSizes(encode=50, bulk_docs=50))
+    with pytest.raises(IngestError, match=r"cannot write .*seg-.*\.npz: No space left") as stop:
+        Ingestor(engine, spec, progress=False).run(read_files([tmp_path / "c.jsonl"]))
+    report = stop.value.report
+    assert (report.read, report.indexed) == (100, 50)
+    folder = tmp_path / "engine" / "full"
+    assert sorted(p.suffix for p in folder.glob("seg-*")) == [".jsonl", ".npz"]
+    assert not list(folder.glob("*.tmp"))
+    assert engine.index_info("full")["settings"]["refresh_interval"] == "5s"
+    assert engine.count("full") == 50
+
+
+def _records_while_another_run_loads(corpus, other) -> Iterator:
+    """The corpus's records, with a whole second ingest run after the first ten."""
+    for number, record in enumerate(read_files([corpus])):
+        if number == 10:
+            other()
+        yield record
+
+
+def test_overlapping_ingests_restore_the_owners_refresh_interval(tmp_path) -> None:
+    write_corpus(tmp_path / "c.jsonl", 40)
+    engine = LocalEngine(tmp_path / "engine")
+    engine.create_index("owned", meta={"model": "milco-small", "views": ["pivot", "echo"],
+                                       "pruning": "none"}, refresh_interval="5s")
+    spec = IngestSpec(index="owned", batch=BatchSizes(encode=5, bulk_docs=5))
+    seen_by_second = []
+
+    def second_run():
+        assert engine.index_info("owned")["settings"]["refresh_interval"] == "30s"
+        Ingestor(engine, spec, progress=False).run(read_files([tmp_path / "c.jsonl"]))
+        seen_by_second.append(engine.index_info("owned")["settings"]["refresh_interval"])
+
+    report = Ingestor(engine, spec, progress=False).run(
+        _records_while_another_run_loads(tmp_path / "c.jsonl", second_run))
+    assert report.indexed == 40 and seen_by_second == ["5s"]
+    assert engine.index_info("owned")["settings"]["refresh_interval"] == "5s"

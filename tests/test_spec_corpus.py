@@ -102,6 +102,18 @@ def test_bad_records_say_which_field(tmp_path: Path) -> None:
     assert isinstance(third, RecordError) and third.field == "pivot" and "'t'" in third.reason
 
 
+def test_errors_name_the_line_of_the_file_not_the_record_count(tmp_path: Path) -> None:
+    """A CSV header, blank lines and quoted fields over several lines all shift lines."""
+    (tmp_path / "c.csv").write_text('id,text\na,"two\r\nlines"\n\nb,ok\n,no id\n'
+                                    'c,"three\nlines\nhere"\n,again\n')
+    (tmp_path / "c.jsonl").write_text('{"id": "x", "text": "ok"}\n\n{"text": "no id"}\n')
+    errors = [str(r) for r in read_files([tmp_path / "c.csv", tmp_path / "c.jsonl"])
+              if isinstance(r, RecordError)]
+    assert [e.split(": field")[0] for e in errors] == [
+        f"record 2 in {tmp_path / 'c.csv'} line 6", f"record 4 in {tmp_path / 'c.csv'} line 10",
+        f"record 6 in {tmp_path / 'c.jsonl'} line 3"]
+
+
 def test_a_lone_surrogate_costs_only_its_record(tmp_path: Path) -> None:
     """Valid JSON (an escaped ``\\ud800``) but not Unicode text: no tokenizer can read it."""
     lines = [{"id": "a", "text": "fine"}, {"id": "b", "text": "bad \ud800 text"},

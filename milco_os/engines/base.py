@@ -196,6 +196,10 @@ class Engine(ABC):
     def set_refresh_interval(self, index: str, interval: str | None) -> None:
         """Set the index's ``refresh_interval`` (None: the engine default)."""
 
+    @abstractmethod
+    def update_meta(self, index: str, changes: dict[str, Any]) -> None:
+        """Merge ``changes`` into the index ``_meta`` (the other keys stay)."""
+
     def health(self) -> str:
         """``green``, ``yellow`` or ``red`` (an embedded engine is always green)."""
         return "green"

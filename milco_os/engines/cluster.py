@@ -175,6 +175,10 @@ class ClusterEngine(Engine):
     def set_refresh_interval(self, index: str, interval: str | None) -> None:
         self.request("PUT", _path(index, "_settings"), {"index": {"refresh_interval": interval}})
 
+    def update_meta(self, index: str, changes: dict[str, Any]) -> None:
+        # PUT _mapping replaces the whole _meta: send it merged
+        self.request("PUT", _path(index, "_mapping"), {"_meta": {**self.meta(index), **changes}})
+
     def delete_index(self, index: str, *, missing_ok: bool = True) -> None:
         try:
             self.request("DELETE", _path(index))

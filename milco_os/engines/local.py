@@ -209,6 +209,23 @@ class _Snapshot:
                 np.concatenate([_products(picked, columns), tail]))
 
 
+_RELOADS = 8  # re-reads of the manifest when a named file vanished (see LocalEngine._snapshot)
+
+
+@contextlib.contextmanager
+def _written(index: str, *paths: Path) -> Iterator[None]:
+    """Write ``paths`` as one step: on an OS error (a full disk, a read-only folder) remove
+    what was written of them, so nothing half-written stays or counts in the index size,
+    and raise :class:`EngineError` naming the file."""
+    try:
+        yield
+    except OSError as exc:
+        for path in paths:
+            path.unlink(missing_ok=True)
+        raise EngineError(f"local index {index!r}: cannot write {exc.filename or paths[0]}: "
+                          f"{exc.strerror or exc}") from exc
+
+
 def _check_matrix(view: str, matrix: sp.csr_matrix, names: Sequence[str],
                   ids: Sequence[str]) -> None:
     """The checks of :func:`source_problem`, vectorised over one view's matrix."""
@@ -280,10 +297,24 @@ class LocalEngine(Engine):
     def _write_manifest(self, index: str, manifest: dict[str, Any]) -> None:
         path = self._dir(index) / "index.json"
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)
+        with _written(index, tmp):
+            tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+            os.replace(tmp, path)
 
     def _snapshot(self, index: str) -> _Snapshot:
+        """The index as committed now. Another writer may drop a segment (or replace the
+        approximate index) between our reading the manifest and loading its files: the
+        manifest then no longer names them, so read it again."""
+        for attempt in itertools.count():
+            try:
+                return self._load_snapshot(index)
+            except FileNotFoundError:
+                self._snapshots.pop(index, None)
+                if attempt == _RELOADS:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _load_snapshot(self, index: str) -> _Snapshot:
         manifest = self._manifest(index)
         segments = manifest["segments"]
         snapshot = self._snapshots.get(index)
@@ -378,11 +409,12 @@ class LocalEngine(Engine):
         """Write one segment, then name it in the manifest (later segments replace ids)."""
         name = f"seg-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"  # unique across writers
         directory = self._dir(index)
-        np.savez(directory / f"{name}.npz", **arrays)
-        with open(directory / f"{name}.jsonl", "w", encoding="utf-8") as out:
-            for doc_id, source in docs:
-                meta = {k: v for k, v in source.items() if k not in VIEWS}
-                out.write(json.dumps({"_id": doc_id, **meta}, ensure_ascii=False) + "\n")
+        with _written(index, directory / f"{name}.npz", directory / f"{name}.jsonl"):
+            np.savez(directory / f"{name}.npz", **arrays)
+            with open(directory / f"{name}.jsonl", "w", encoding="utf-8") as out:
+                for doc_id, source in docs:
+                    meta = {k: v for k, v in source.items() if k not in VIEWS}
+                    out.write(json.dumps({"_id": doc_id, **meta}, ensure_ascii=False) + "\n")
         with self._locked(index):
             manifest = self._manifest(index)
             manifest["segments"].append(name)
@@ -470,6 +502,12 @@ class LocalEngine(Engine):
         with self._locked(index):
             manifest = self._manifest(index)
             manifest["settings"]["refresh_interval"] = interval
+            self._write_manifest(index, manifest)
+
+    def update_meta(self, index: str, changes: dict[str, Any]) -> None:
+        with self._locked(index):
+            manifest = self._manifest(index)
+            manifest["meta"].update(changes)
             self._write_manifest(index, manifest)
 
     def count(self, index: str) -> int:
