@@ -82,7 +82,7 @@ def worker(args: argparse.Namespace) -> None:
     import numpy as np
     import torch
 
-    from milco_os.encoder import SparseEncoder
+    from milco_os.encoders import SparseEncoder
 
     torch.set_num_threads(args.threads)
     dtype = torch.bfloat16 if args.worker.endswith("bf16") else torch.float32

@@ -24,7 +24,7 @@ def run(quick: bool) -> dict:
     import torch
     from sentence_transformers import SparseEncoder as STSparseEncoder
 
-    from milco_os.encoder import SparseEncoder
+    from milco_os.encoders import SparseEncoder
 
     torch.set_num_threads(torch.get_num_threads())
     n = 256 if quick else 2000

@@ -87,7 +87,7 @@ def top_overlap(a, b, k: int = 10) -> float:
 def run(model: Path, quick: bool) -> dict:
     import torch
 
-    from milco_os.encoder import SparseEncoder
+    from milco_os.encoders import SparseEncoder
     from milco_os.threads import query_threads
 
     torch_default = torch.get_num_threads()

@@ -142,7 +142,7 @@ def size_figures(engine, real: Vectors, n: int) -> dict:
 
 def run(model: Path, n_docs: int, n_real: int, n_queries: int, n_encode_ingest: int) -> dict:
     from milco_os.connection import ConnectionSettings
-    from milco_os.encoder import SparseEncoder
+    from milco_os.encoders import SparseEncoder
     from milco_os.engines import open_engine
     from milco_os.sparse import SparseVector
 

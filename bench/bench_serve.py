@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 from common import ROOT, english_sentences, machine, save_result
 
-from milco_os.encoder import SparseEncoder
+from milco_os.encoders import SparseEncoder
 from milco_os.pruning import Pruning
 from milco_os.terms import engine_features
 

@@ -146,7 +146,7 @@ def encoded(kind: str, n: int, skip: int = 0) -> tuple[list[str], list[dict[str,
     if path.is_file():
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
         return [r["text"] for r in rows], [r["pivot"] for r in rows]
-    from milco_os.encoder import SparseEncoder
+    from milco_os.encoders import SparseEncoder
 
     texts = english_sentences(n, skip)
     encoder = SparseEncoder.from_pretrained(SPLADE_TINY, device="cpu")

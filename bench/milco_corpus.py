@@ -114,7 +114,7 @@ def encode_real(model: Path, n: int, kind: str = "document", from_end: bool = Fa
         path = folder / f"{start}-{CHUNK}.jsonl"
         if not path.is_file():
             if encoder is None:
-                from milco_os.encoder import SparseEncoder
+                from milco_os.encoders import SparseEncoder
 
                 encoder = SparseEncoder.from_pretrained(model, device="cpu")
             chunk = texts[start:start + CHUNK]

@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 import eval_xling  # noqa: E402
 
-from milco_os.encoder import SparseEncoder  # noqa: E402
+from milco_os.encoders import SparseEncoder  # noqa: E402
 from milco_os.evaluation import evaluate, exact_run, exact_scores  # noqa: E402
 from milco_os.pruning import Pruning  # noqa: E402
 

@@ -23,7 +23,7 @@ from milco_os.sparse import SparseVector, SparseView
 __version__ = "0.1.0"
 
 _LAZY = {
-    "SparseEncoder": "milco_os.encoder",
+    "SparseEncoder": "milco_os.encoders",
     "Pruning": "milco_os.pruning",
     "MilcoConfig": "milco_os.models.milco",
     "MilcoModel": "milco_os.models.milco",

@@ -15,7 +15,7 @@ document) can be read off directly.
 >>> engine.create_index("news", meta={"model": "m", "views": ["pivot"], "pruning": "none"})
 >>> _ = engine.bulk_index("news", [("d1#0", {"doc_id": "d1", "passage": 0,
 ...                                          "pivot": {"dog": 2.0, "park": 1.0}})])
->>> class Encoder:  # stands in for milco_os.encoder.SparseEncoder
+>>> class Encoder:  # stands in for milco_os.encoders.SparseEncoder
 ...     def encode(self, texts, kind="query"):
 ...         return [SparseVector(SparseView.from_pairs([(1, "dog", 0.5)])) for _ in texts]
 >>> searcher = Searcher(engine, "news", Encoder())
@@ -50,7 +50,7 @@ FEATURE_PRECISION = 2.0**-8  # Lucene keeps 9 significant bits of each document 
 
 
 class QueryEncoder(Protocol):
-    """What :class:`Searcher` needs from a model (``milco_os.encoder.SparseEncoder``)."""
+    """What :class:`Searcher` needs from a model (``milco_os.encoders.SparseEncoder``)."""
 
     def encode(self, texts: Sequence[str], kind: str = "query") -> list[SparseVector]: ...
 

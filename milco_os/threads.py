@@ -80,15 +80,15 @@ def threads_for(n_texts: int, explicit: int | None = None) -> int:
 
 
 @contextlib.contextmanager
-def encoding_threads(n_texts: int, explicit: int | None = None) -> Iterator[int]:
-    """Run the block with torch on :func:`threads_for` threads, then restore the count.
+def torch_threads(wanted: int) -> Iterator[int]:
+    """Run the block with torch on ``wanted`` threads, then restore the count.
 
     ``torch.set_num_threads`` is only called when the count changes, since a change
     rebuilds the thread pool.
     """
     import torch
 
-    wanted, before = threads_for(n_texts, explicit), torch.get_num_threads()
+    before = torch.get_num_threads()
     if wanted != before:
         torch.set_num_threads(wanted)
     try:

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from milco_os.cli import main
 from milco_os.connection import ConnectionSettings
 from milco_os.corpus import read_files
-from milco_os.encoder import SparseEncoder
+from milco_os.encoders import SparseEncoder
 from milco_os.engines import open_engine
 from milco_os.ingest import Ingestor
 from milco_os.models.presets import init_model

@@ -22,7 +22,7 @@ import torch
 from tokenizers import Tokenizer
 
 from milco_os.corpus import read_files
-from milco_os.encoder import SparseEncoder
+from milco_os.encoders import SparseEncoder
 from milco_os.ingest import Ingestor
 from milco_os.models.milco import MilcoConfig, MilcoModel, tokenizer_dirs_for
 from milco_os.models.presets import init_model

@@ -20,7 +20,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from milco_os.encoder import SparseEncoder
+from milco_os.encoders import SparseEncoder
 from milco_os.models.base import masked_max_logits
 from milco_os.models.echo_llm import EchoLlmConfig, EchoLlmModel, echo_inputs
 from milco_os.models.echo_presets import init_echo_model, train_tokenizer

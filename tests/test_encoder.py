@@ -10,7 +10,7 @@ import torch
 from _model_helpers import ReferenceMilco, dense_view, make_tiny
 from _shared import requires_shared, shared_path
 
-from milco_os.encoder import SparseEncoder
+from milco_os.encoders import SparseEncoder
 
 TEXTS = [
     "the city the city the",  # repeated pieces: echo weights must be summed
@@ -72,7 +72,7 @@ def test_padding_is_ignored_and_order_kept(encoder):
 
 
 def test_pivot_is_chunked_without_changing_results(encoder, monkeypatch):
-    import milco_os.encoder as module
+    import milco_os.encoders.pytorch as module
 
     full = encoder.encode(TEXTS)
     monkeypatch.setattr(module, "PIVOT_CHUNK_ROWS", 1)

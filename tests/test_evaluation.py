@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from milco_os.cli import main
 from milco_os.connection import ConnectionSettings
 from milco_os.datasets import DatasetError, Query, load_dataset
-from milco_os.encoder import SparseEncoder
+from milco_os.encoders import SparseEncoder
 from milco_os.engines import open_engine
 from milco_os.errors import InputError
 from milco_os.evaluation import (

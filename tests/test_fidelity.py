@@ -15,7 +15,7 @@ import pytest
 import torch
 from _model_helpers import ReferenceMilco, make_tiny
 
-from milco_os.encoder import SparseEncoder
+from milco_os.encoders import SparseEncoder
 
 TEXTS = [
     "Baltimore is the greatest city in America.",

@@ -59,7 +59,7 @@ def test_no_import_cycles_among_milco_os_modules():
 
 
 def test_the_echo_llm_family_is_imported_only_when_a_folder_needs_it(tmp_path):
-    probe = ("import sys, milco_os.encoder, milco_os.cli.search; "
+    probe = ("import sys, milco_os.encoders.pytorch, milco_os.cli.search; "
              "print('milco_os.models.echo_llm' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert done.stdout.strip() == "False", done.stderr[-2000:]

@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from milco_os.cli import main
-from milco_os.encoder import SparseEncoder
+from milco_os.encoders import SparseEncoder
 from milco_os.models import e5_q4, named
 from milco_os.models.base import CheckpointError
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from milco_os.encoder import SparseEncoder
+from milco_os.encoders import SparseEncoder
 from milco_os.training.data import DistillationGroups, check_distillation_row
 from milco_os.training.mining import mine_distillation_rows
 

@@ -270,7 +270,7 @@ def test_from_backbones_can_keep_only_the_first_encoder_layers(tmp_path):
 
 
 def test_echo_ignored_ids_echo_nothing_and_leave_the_rest(tiny, tmp_path):
-    from milco_os.encoder import SparseEncoder
+    from milco_os.encoders import SparseEncoder
 
     text = "the city of music"
     before = SparseEncoder.from_pretrained(tiny).encode([text])[0].echo.to_dict()

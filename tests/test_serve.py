@@ -27,7 +27,7 @@ from click.testing import CliRunner
 
 from milco_os.cli import main
 from milco_os.documents import build_source
-from milco_os.encoder import SparseEncoder
+from milco_os.encoders import SparseEncoder
 from milco_os.engines.local import LocalEngine
 from milco_os.pruning import Pruning
 from milco_os.query import SparseQuery, build_search_body

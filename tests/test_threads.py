@@ -48,7 +48,7 @@ def test_bad_argument_is_an_input_error():
 def test_block_runs_on_the_chosen_count_and_restores_it():
     before = torch.get_num_threads()
     other = 1 if before != 1 else 2
-    with threads.encoding_threads(1, explicit=other) as used:
+    with threads.torch_threads(other) as used:
         assert used == other == torch.get_num_threads()
     assert torch.get_num_threads() == before
 
@@ -56,17 +56,17 @@ def test_block_runs_on_the_chosen_count_and_restores_it():
 def test_encoder_uses_the_policy(tmp_path, monkeypatch):
     from _model_helpers import make_tiny
 
-    from milco_os.encoder import SparseEncoder
+    from milco_os.encoders import SparseEncoder
 
     encoder = SparseEncoder.from_pretrained(make_tiny(tmp_path), "cpu")
     seen = []
-    real = encoder._encode_batch
+    real = encoder.forward
 
-    def spy(batch, keep):
+    def spy(input_ids, mask):
         seen.append(torch.get_num_threads())
-        return real(batch, keep)
+        return real(input_ids, mask)
 
-    monkeypatch.setattr(encoder, "_encode_batch", spy)
+    monkeypatch.setattr(encoder, "forward", spy)
     threads.configure(query=1, batch=2)
     encoder.encode(["the city"])
     encoder.encode(["the city"] * 8, batch_size=4)

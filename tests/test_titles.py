@@ -7,7 +7,7 @@ import json
 import pytest
 
 from milco_os.corpus import read_files
-from milco_os.encoder import SparseEncoder
+from milco_os.encoders import SparseEncoder
 from milco_os.engines.local import LocalEngine
 from milco_os.ingest import Ingestor
 from milco_os.search import Searcher

@@ -22,7 +22,7 @@ import yaml
 from click.testing import CliRunner
 from transformers import BertConfig, BertForMaskedLM
 
-from milco_os.encoder import SparseEncoder
+from milco_os.encoders import SparseEncoder
 from milco_os.models.milco import MilcoModel
 from milco_os.models.presets import init_model
 from milco_os.training.build import build_stage

@@ -240,7 +240,7 @@ def diagnose(encoder: Any, holdout: Holdout, langs: Sequence[str], config: Path
              ) -> dict[str, Any]:
     """Alignment overlap on the NTREX held-out lines and term statistics over 1,000 held-out
     English passages (NTREX held-out lines, then Tatoeba held-out English sentences)."""
-    from milco_os.encoder import SparseEncoder
+    from milco_os.encoders import SparseEncoder
 
     teacher_path = yaml.safe_load(config.read_text(encoding="utf-8"))["teacher"]
     teacher = SparseEncoder.from_pretrained((REPO / os.path.expanduser(teacher_path)).resolve(),
@@ -346,7 +346,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from milco_os.connection import ConnectionSettings
-    from milco_os.encoder import SparseEncoder
+    from milco_os.encoders import SparseEncoder
 
     torch.set_num_threads(args.threads)
     os.environ["MILCO_OS_THREADS"] = os.environ["MILCO_OS_BATCH_THREADS"] = str(args.threads)

@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from milco_os.encoder import SparseEncoder  # noqa: E402
+from milco_os.encoders import SparseEncoder  # noqa: E402
 from milco_os.models import named  # noqa: E402
 from milco_os.models.files import (  # noqa: E402
     CONFIG_NAME,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from milco_os.encoder import SparseEncoder  # noqa: E402
+from milco_os.encoders import SparseEncoder  # noqa: E402
 from milco_os.training.config import TrainConfig  # noqa: E402
 from milco_os.training.data import load_parallel_source  # noqa: E402
 from milco_os.training.mining import mine_distillation_rows  # noqa: E402

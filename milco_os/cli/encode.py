@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import click
 
-from milco_os.cli.options import DEVICE, PRUNE, load_encoder
+from milco_os.cli.options import BACKEND, DEVICE, PRUNE, load_encoder
 from milco_os.errors import InputError
 
 TOP_TERMS = 20
@@ -26,11 +26,12 @@ TOP_TERMS = 20
 @click.option("--drop-special", is_flag=True, help="Drop special tokens (<s>, </s>, [CLS]...).")
 @click.option("--device", type=DEVICE,
               help="Torch device (default: cuda when available, else cpu).")
+@BACKEND
 @click.option("--json", "as_json", is_flag=True,
               help='One JSON object per line: {"text", "pivot": {term: w}, "echo": {term: w}}.')
 @click.argument("texts", nargs=-1, required=True)
 def encode(model_path: str, kind: str, prune: str, max_length: int | None, batch_size: int,
-           drop_special: bool, device: str | None, as_json: bool,
+           drop_special: bool, device: str | None, backend: str, as_json: bool,
            texts: tuple[str, ...]) -> None:
     """Encode TEXTS (or one text per line from stdin when TEXT is `-`).
 
@@ -41,7 +42,7 @@ def encode(model_path: str, kind: str, prune: str, max_length: int | None, batch
 
     pruning = Pruning.parse(prune)
     inputs = _read_texts(texts)
-    encoder = load_encoder(model_path, device)
+    encoder = load_encoder(model_path, device, backend, kind)
     texts_to_encode = [t for t in inputs if t.strip()]
     encoded = iter(encoder.encode(texts_to_encode, kind=kind, batch_size=batch_size,
                                   max_length=max_length, keep_special_tokens=not drop_special)

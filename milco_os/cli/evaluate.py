@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from milco_os.cli.options import UNIT_INTERVAL, connection_options
+from milco_os.cli.options import BACKEND, UNIT_INTERVAL, connection_options
 from milco_os.connection import ConnectionSettings
 from milco_os.evaluation.sweep import MODE_CHOICES
 
@@ -63,6 +63,7 @@ from milco_os.evaluation.sweep import MODE_CHOICES
               type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Score these TREC run files side by side instead of searching.")
 @click.option("--device", help="Torch device for the query encoder.")
+@BACKEND
 @connection_options
 def evaluate(dataset_spec: str, index: str | None, model: str | None, metrics: tuple[str, ...],
              langs: tuple[str, ...], split: str | None, lang: str | None, k: int,
@@ -70,7 +71,7 @@ def evaluate(dataset_spec: str, index: str | None, model: str | None, metrics: t
              views: tuple[str, ...], modes: tuple[str, ...], lowercase: bool, build: bool,
              passage_window: int | None, max_length: int | None, run_out: Path | None,
              plots: Path | None, compare_runs: tuple[Path, ...], device: str | None,
-             settings: ConnectionSettings) -> None:
+             backend: str, settings: ConnectionSettings) -> None:
     """Evaluate retrieval on a test collection with ir-measures.
 
     Example: milco-os evaluate --index miracl-{lang} --dataset miracl --langs sw,te
@@ -79,7 +80,7 @@ def evaluate(dataset_spec: str, index: str | None, model: str | None, metrics: t
     _evaluate(dataset_spec, index, model, _csv(metrics), _csv(langs), split, lang, k,
               _csv(query_prune), _csv(doc_prune), alphas, _csv(views), _csv(modes),
               lowercase, build, passage_window, max_length, run_out, plots, compare_runs,
-              device, settings)
+              device, backend, settings)
 
 
 def _evaluate(dataset_spec: str, index: str | None, model: str | None, metrics: list[str],
@@ -88,7 +89,7 @@ def _evaluate(dataset_spec: str, index: str | None, model: str | None, metrics: 
               views: list[str], modes: list[str], lowercase: bool, build: bool,
               passage_window: int | None, max_length: int | None, run_out: Path | None,
               plots: Path | None, compare_runs: tuple[Path, ...], device: str | None,
-              settings: ConnectionSettings) -> None:
+              backend: str, settings: ConnectionSettings) -> None:
     from milco_os import evaluation as ev
     from milco_os.datasets import load_dataset
     from milco_os.engines import open_engine
@@ -104,7 +105,7 @@ def _evaluate(dataset_spec: str, index: str | None, model: str | None, metrics: 
     if not index:
         raise click.UsageError("give --index to search, or --compare RUN... to score runs")
     systems = ev.sweep_systems(index, doc_prune, query_prune, alphas, views, modes)
-    sweep = ev.Sweep(open_engine(settings), dataset, model=model, device=device,
+    sweep = ev.Sweep(open_engine(settings), dataset, model=model, device=device, backend=backend,
                      metrics=metrics, k=k,
                      build=ev.BuildOptions(passage_window, max_length) if build else None,
                      log=lambda line: click.echo(line, err=True))

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import click
 
 from milco_os.connection import ENGINES, ConnectionSettings
+from milco_os.encoders import AUTO, BACKENDS
 from milco_os.errors import MilcoOSError, ModelLoadError
 
 
@@ -97,13 +98,22 @@ def check_urls(_ctx: click.Context | None, _param: click.Parameter | None, value
     return ",".join(urls)
 
 
-def load_encoder(model: str, device: str | None = None) -> Any:
-    """``SparseEncoder.from_pretrained(model)``; any failure is one :class:`ModelLoadError`
-    naming the model (a missing or empty folder, a truncated weights file, a bad config)."""
-    from milco_os.encoder import SparseEncoder
+BACKEND = click.option(
+    "--backend", type=click.Choice([AUTO, *BACKENDS]), default=AUTO, show_default=True,
+    help="What runs the model: torch; onnx (ONNX Runtime fp32, exported next to the model "
+         "on first use); onnx-int8 (quantised, its agreement with fp32 printed); auto: onnx "
+         "for queries on the CPU, else torch.")
+
+
+def load_encoder(model: str, device: str | None = None, backend: str = AUTO,
+                 kind: str = "query") -> Any:
+    """The encoder of ``model`` (:func:`milco_os.encoders.load_encoder`); any failure is one
+    :class:`ModelLoadError` naming the model (a missing or empty folder, a truncated
+    weights file, a bad config)."""
+    from milco_os.encoders import load_encoder as load
 
     with _model_errors(model):
-        return SparseEncoder.from_pretrained(model, device=device)
+        return load(model, backend, device, kind)
 
 
 def check_model(model: str) -> None:

@@ -12,7 +12,14 @@ import click
 
 from milco_os.cli.encode import iter_stdin_lines
 from milco_os.cli.index import engine_options
-from milco_os.cli.options import DEVICE, PRUNE, UNIT_INTERVAL, connection_options, load_encoder
+from milco_os.cli.options import (
+    BACKEND,
+    DEVICE,
+    PRUNE,
+    UNIT_INTERVAL,
+    connection_options,
+    load_encoder,
+)
 from milco_os.compatibility import check_index
 from milco_os.connection import ConnectionSettings
 from milco_os.errors import InputError
@@ -82,6 +89,7 @@ _query_options = [
                  help="Field for hybrid mode's BM25, repeatable, e.g. text.en or text.cjk for "
                       "language-aware analysis [default: title and text]."),
     click.option("--device", type=DEVICE, help="Torch device for the model."),
+    BACKEND,
     click.option("--threads", type=click.IntRange(min=1), expose_value=False,
                  callback=lambda _ctx, _param, n: _set_query_threads(n),
                  help="CPU threads for encoding a query [env MILCO_OS_THREADS; default 1, "
@@ -101,7 +109,7 @@ def _set_query_threads(n: int | None) -> None:
 
 
 def query_options(func: Any) -> Any:
-    """The options of :data:`_query_options` (but --device), passed as one ``options``:
+    """The options of :data:`_query_options` (but --device, --backend), passed as one ``options``:
     a :class:`~milco_os.search.SearchOptions`."""
     @functools.wraps(func)
     def command(*args: Any, **kwargs: Any) -> Any:
@@ -127,15 +135,15 @@ def query_options(func: Any) -> Any:
               help="Search even if --model differs from the model the index was built with.")
 @engine_options
 def search(texts: tuple[str, ...], index_name: str, model: str | None, k: int,
-           options: Any, device: str | None, as_json: bool, explain: bool, force: bool,
-           engine: Any) -> None:
+           options: Any, device: str | None, backend: str, as_json: bool, explain: bool,
+           force: bool, engine: Any) -> None:
     """Search an index with TEXT (or one query per line of standard input).
 
     Hit ids are the corpus's own document ids.
     """
     from milco_os.search import Searcher
 
-    encoder = load_encoder(_model_of(engine, index_name, model, force), device)
+    encoder = load_encoder(_model_of(engine, index_name, model, force), device, backend)
     searcher = Searcher(engine, index_name, encoder, options)
     for queries in _query_batches(texts):
         for text, vector in zip(queries, searcher.encode(queries), strict=True):
@@ -177,7 +185,7 @@ def _text_block(text: str, hits: list, explanations: list) -> str:
 @query_options
 @connection_options
 def dsl(text: str, model: str | None, index_name: str | None, k: int, options: Any,
-        device: str | None, settings: ConnectionSettings) -> None:
+        device: str | None, backend: str, settings: ConnectionSettings) -> None:
     """Print the _search body for TEXT, to paste into any OpenSearch/Elasticsearch client.
 
     Without --index, the body is for the --engine flavour with the default
@@ -191,7 +199,8 @@ def dsl(text: str, model: str | None, index_name: str | None, k: int, options: A
     if not text.strip():
         raise InputError("empty query: give a TEXT with at least one word")
     engine = open_engine(settings, settings.engine) if index_name else None
-    encoder = load_encoder(_model_of(engine, index_name, model) if engine else model, device)
+    encoder = load_encoder(_model_of(engine, index_name, model) if engine else model, device,
+                           backend)
     [vector] = encoder.encode([text], kind="query")
     query = options.query(vector, text)
     body = (engine.search_body(query, k) if engine

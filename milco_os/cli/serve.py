@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from milco_os.cli.options import connection_options
+from milco_os.cli.options import BACKEND, connection_options
 from milco_os.connection import ConnectionSettings
 
 
@@ -25,6 +25,7 @@ from milco_os.connection import ConnectionSettings
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Server processes, each with its own copy of the model, sharing the port.")
 @click.option("--device", help="Torch device (default: cuda when available, else cpu).")
+@BACKEND
 @click.option("--threads", type=click.IntRange(min=1),
               help="Torch threads per model call [default: 1 for up to 4 texts, else all "
                    "usable cores].")
@@ -52,7 +53,7 @@ from milco_os.connection import ConnectionSettings
 @click.option("--access-log", is_flag=True, help="Log every request (method, path, status).")
 @click.option("--fd", type=int, hidden=True)  # a bound socket handed down to a worker
 @connection_options
-def serve(model: str, host: str, port: int, workers: int, device: str | None,
+def serve(model: str, host: str, port: int, workers: int, device: str | None, backend: str,
           threads: int | None, max_batch: int, max_wait_ms: float, max_queue: int,
           max_texts: int, max_chars: int, timeout_s: float, prune: str,
           indexes: tuple[str, ...], force: bool, token_file: str | None, access_log: bool,
@@ -72,7 +73,7 @@ def serve(model: str, host: str, port: int, workers: int, device: str | None,
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--prune") from None
     try:
-        config = ServeConfig(model=model, device=device, max_batch=max_batch,
+        config = ServeConfig(model=model, device=device, backend=backend, max_batch=max_batch,
                              max_wait_ms=max_wait_ms, max_queue=max_queue, max_texts=max_texts,
                              max_chars=max_chars, timeout_s=timeout_s, prune=prune,
                              threads=threads, indexes=indexes, token=read_token(token_file))

@@ -27,7 +27,7 @@ The data flow, one module per step:
 >>> engine.create_index("news", meta={"model": "m", "views": ["pivot"], "pruning": "none"})
 >>> _ = engine.bulk_index("news", [("d1#0", {"doc_id": "d1", "passage": 0,
 ...                                          "pivot": {"dog": 2.0}})])
->>> class Encoder:  # stands in for milco_os.encoder.SparseEncoder
+>>> class Encoder:  # stands in for milco_os.encoders.SparseEncoder
 ...     def encode(self, texts, kind="query"):
 ...         return [SparseVector(SparseView.from_pairs([(1, "dog", 0.5)])) for _ in texts]
 >>> result = evaluate(Searcher(engine, "news", Encoder()), [Query("q1", "狗", "zh")],

@@ -142,19 +142,23 @@ class Sweep:
     ``model``: the query encoder (and, with ``build``, the document encoder) by folder or
     name [default: the model each index records]; ``encoder``: an encoder object used
     instead of loading ``model`` (which then only names the model indexes record).
-    ``build``: index the collection's corpus when an index is missing. ``log`` receives
+    ``backend``: what runs the model (:func:`milco_os.encoders.load_encoder`; ``auto``:
+    ONNX Runtime for queries, torch for documents). ``build``: index the collection's
+    corpus when an index is missing. ``log`` receives
     progress lines.
     """
 
     def __init__(self, engine: Engine, dataset: EvalDataset, *, model: str | None = None,
                  encoder: QueryEncoder | None = None, device: str | None = None,
-                 metrics: Sequence[str] = DEFAULT_METRICS, k: int = 100,
+                 backend: str = "auto", metrics: Sequence[str] = DEFAULT_METRICS, k: int = 100,
                  build: BuildOptions | None = None,
                  log: Callable[[str], None] = lambda line: None) -> None:
         parse_metrics(metrics)
         self.engine, self.dataset, self.model, self.device = engine, dataset, model, device
+        self.backend = backend
         self.metrics, self.k, self.build, self.log = list(metrics), k, build, log
-        self.encoders: dict[str | None, Any] = {None: encoder} if encoder is not None else {}
+        # (model, kind) -> encoder; None -> the encoder given
+        self.encoders: dict[Any, Any] = {None: encoder} if encoder is not None else {}
         self.doc_terms: dict[str, float | None] = {}
 
     def run_all(self, systems: Iterable[System]) -> dict[str, SweepResult]:
@@ -195,12 +199,12 @@ class Sweep:
             raise InputError(f"index {index!r} records no model: give a model (--model)")
         return self._load(model)
 
-    def _load(self, model: str) -> Any:
-        if model not in self.encoders:
-            from milco_os.encoder import SparseEncoder
+    def _load(self, model: str, kind: str = "query") -> Any:
+        if (model, kind) not in self.encoders:
+            from milco_os.encoders import load_encoder
 
-            self.encoders[model] = SparseEncoder.from_pretrained(model, device=self.device)
-        return self.encoders[model]
+            self.encoders[model, kind] = load_encoder(model, self.backend, self.device, kind)
+        return self.encoders[model, kind]
 
     def _ensure_index(self, index: str, lang: str | None, doc_prune: str) -> None:
         if index in self.doc_terms:
@@ -222,7 +226,8 @@ class Sweep:
                           passages=Passages(window=self.build.passage_window))
         self.log(f"building index {index!r} (prune {doc_prune}"
                  f"{', lower-cased' if self.dataset.lowercase else ''})")
-        encoder = self.encoders[None] if None in self.encoders else self._load(self.model)
+        encoder = self.encoders[None] if None in self.encoders else \
+            self._load(self.model, "document")
         report = Ingestor(self.engine, spec, encoder, Pruning.parse(doc_prune),
                           progress=False).run(self.dataset.corpus(lang)())
         stats = report.term_stats()

@@ -43,6 +43,7 @@ from milco_os.models.files import (
     SAFETENSORS_NAME,
     save_safetensors,
 )
+from milco_os.models.locations import cache_root, model_dir
 
 ENCODER_PREFIX = "m_model."
 TRAINED_NAME = "trained.safetensors"
@@ -106,15 +107,6 @@ MILCO_SMALL = NamedModel(
              "ignored), trained on a CPU (training/sap_cached.py)."),
 )
 NAMED_MODELS: dict[str, NamedModel] = {MILCO_SMALL.name: MILCO_SMALL}
-
-
-def cache_root() -> Path:
-    """``$MILCO_OS_HOME``, else ``~/.cache/milco-os``."""
-    return Path(os.environ.get("MILCO_OS_HOME") or Path.home() / ".cache" / "milco-os")
-
-
-def model_dir(name: str) -> Path:
-    return cache_root() / "models" / name
 
 
 def sha256(path: Path) -> str:

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from milco_os.encoder import KINDS
+from milco_os.encoders import KINDS
 from milco_os.engines.base import (
     Engine,
     EngineError,
@@ -73,9 +73,9 @@ class ServerState:
         self.batcher: DynamicBatcher | None = None
 
     def _load_encoder(self) -> Any:
-        from milco_os.encoder import SparseEncoder
+        from milco_os.encoders import load_encoder
 
-        encoder = SparseEncoder.from_pretrained(self.config.model, device=self.config.device)
+        encoder = load_encoder(self.config.model, self.config.backend, self.config.device)
         for kind in KINDS:  # the first call of a kind pays one-off costs: not a client's
             encoder.encode(["warm-up"], kind=kind, threads=self.config.threads)
         return encoder

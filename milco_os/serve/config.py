@@ -31,6 +31,7 @@ class ServeConfig:
 
     model: str
     device: str | None = None
+    backend: str = "auto"  # what runs the model (milco_os.encoders.load_encoder)
     max_batch: int = 32
     max_wait_ms: float = 2.0
     max_queue: int = 256

@@ -8,7 +8,7 @@ teacher's score of the translation against the document, so KL distillation lear
 teacher's English ranking for a query the teacher cannot read. The rows carry the stage-2
 columns ``query``, ``pos``, ``pos_scores``, ``neg``, ``neg_scores``.
 
->>> from milco_os.encoder import SparseEncoder
+>>> from milco_os.encoders import SparseEncoder
 >>> teacher = SparseEncoder.from_pretrained("../shared/models/splade-tiny")  # doctest: +SKIP
 >>> pairs = [{"english": "The cat sleeps.", "non_english": "Die Katze schläft."}]
 >>> rows = mine_distillation_rows(pairs, teacher, pool=["A dog runs."])  # doctest: +SKIP
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from milco_os.encoder import SparseEncoder
+from milco_os.encoders import SparseEncoder
 from milco_os.sparse import to_csr
 from milco_os.training.data import Row
 
