@@ -1,15 +1,16 @@
-"""Single-query encoding latency: milco-os's thread policy vs torch's default threads.
+"""Single-query encoding latency: torch vs ONNX Runtime (fp32, int8), and the thread policy.
 
 One query at a time, as a search server encodes them: real short multilingual
 sentences (the end of the NTREX-128 + Tatoeba shuffle of ``milco_corpus.py``),
-encoded with ``SparseEncoder.encode([text])``. Variants, interleaved query by
-query so that load from other processes hits them alike:
+encoded with ``encoder.encode([text])``. Variants, interleaved query by query so
+that load from other processes hits them alike:
 
-- ``policy``: milco-os's default (:mod:`milco_os.threads`: 1 thread for a query);
-- ``torch-default``: the same call on torch's own default thread count (the baseline);
-- ``int8``: the policy plus dynamic int8 quantisation of the Linear layers
-  (``torch.ao.quantization.quantize_dynamic``), a proposal, not milco-os's default;
-  its vectors are compared with fp32's (top-10 pivot-term overlap).
+- ``torch``: :class:`~milco_os.encoders.SparseEncoder` on milco-os's thread policy
+  (:mod:`milco_os.threads`: 1 thread for a query), the baseline;
+- ``torch-default``: the same call on torch's own default thread count;
+- ``onnx``: the ONNX Runtime backend, fp32 (``--backend onnx``, what ``auto`` picks);
+- ``onnx-int8``: its dynamic int8 graph; its vectors are compared with fp32's (top-10
+  terms of both views) on the same queries.
 
 Each runs idle and then with a co-located CPU load: a busy loop pinned to the
 last core. The load average is recorded before each condition.
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import os
 import subprocess
 import sys
@@ -29,7 +29,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 from common import latency_stats, save_result
 from milco_corpus import sentences
 
@@ -56,15 +55,6 @@ def query_texts(n: int) -> list[str]:
     return texts[:n]
 
 
-def quantized(encoder):
-    import torch
-
-    fast = copy.copy(encoder)
-    fast.model = torch.ao.quantization.quantize_dynamic(copy.deepcopy(encoder.model),
-                                                        {torch.nn.Linear}, dtype=torch.qint8)
-    return fast
-
-
 def interleaved(variants: dict[str, Callable[[str], object]], texts: list[str],
                 warmup: int) -> dict[str, dict[str, float]]:
     ms: dict[str, list[float]] = {name: [] for name in variants}
@@ -77,28 +67,20 @@ def interleaved(variants: dict[str, Callable[[str], object]], texts: list[str],
     return {name: latency_stats(values) for name, values in ms.items()}
 
 
-def top_overlap(a, b, k: int = 10) -> float:
-    def top(vector):
-        return {t for t, _ in sorted(vector.pivot.to_dict().items(), key=lambda x: -x[1])[:k]}
-    return float(np.mean([len(top(x) & top(y)) / max(1, min(k, len(top(x))))
-                          for x, y in zip(a, b, strict=True)]))
-
-
 def run(model: Path, quick: bool) -> dict:
     import torch
 
-    from milco_os.encoders import SparseEncoder
+    from milco_os.encoders import OnnxSparseEncoder, SparseEncoder
+    from milco_os.encoders.onnx import top10_agreement
     from milco_os.threads import query_threads
 
     torch_default = torch.get_num_threads()
-    encoder = SparseEncoder.from_pretrained(model, device="cpu")
-    fast = quantized(encoder)
+    encoders = {"torch": SparseEncoder.from_pretrained(model, device="cpu"),
+                "onnx": OnnxSparseEncoder.from_pretrained(model),
+                "onnx-int8": OnnxSparseEncoder.from_pretrained(model, quantized=True)}
     texts = query_texts(60 if quick else 300)
-    variants = {
-        "policy": lambda t: encoder.encode([t]),
-        "torch-default": lambda t: encoder.encode([t], threads=torch_default),
-        "int8": lambda t: fast.encode([t]),
-    }
+    variants = {name: (lambda t, e=encoder: e.encode([t])) for name, encoder in encoders.items()}
+    variants["torch-default"] = lambda t: encoders["torch"].encode([t], threads=torch_default)
     conditions = {}
     for condition in ("idle", "loaded"):
         with busy_core() if condition == "loaded" else contextlib.nullcontext():
@@ -106,22 +88,23 @@ def run(model: Path, quick: bool) -> dict:
             conditions[condition] = {"load_average": load,
                                      **interleaved(variants, texts, warmup=10)}
     idle, loaded = conditions["idle"], conditions["loaded"]
+    sample = texts[:50]
+    fp32 = encoders["onnx"].encode(sample)
     figures = {
-        "policy_p50_idle_ms": idle["policy"]["p50_ms"],
-        "policy_p50_loaded_ms": loaded["policy"]["p50_ms"],
-        "policy_loaded_over_idle_p50": loaded["policy"]["p50_ms"] / idle["policy"]["p50_ms"],
-        "torch_default_loaded_over_idle_p50": (loaded["torch-default"]["p50_ms"]
-                                               / idle["torch-default"]["p50_ms"]),
-        "policy_vs_torch_default_p50_idle": (idle["policy"]["p50_ms"]
-                                             / idle["torch-default"]["p50_ms"]),
-        "policy_vs_torch_default_p50_loaded": (loaded["policy"]["p50_ms"]
-                                               / loaded["torch-default"]["p50_ms"]),
-        "int8_vs_policy_p50_idle": idle["int8"]["p50_ms"] / idle["policy"]["p50_ms"],
-        "int8_top10_pivot_overlap": top_overlap(encoder.encode(texts[:50]),
-                                                fast.encode(texts[:50])),
+        **{f"{name}_p50_{c}_ms": conditions[c][name]["p50_ms"]
+           for name in variants for c in ("idle", "loaded")},
+        **{f"{name}_vs_torch_p50_{c}": conditions[c][name]["p50_ms"]
+           / conditions[c]["torch"]["p50_ms"]
+           for name in ("onnx", "onnx-int8", "torch-default") for c in ("idle", "loaded")},
+        **{f"{name}_loaded_over_idle_p50": loaded[name]["p50_ms"] / idle[name]["p50_ms"]
+           for name in variants},
+        "onnx_int8_top10_agreement_with_fp32": top10_agreement(fp32, encoders["onnx-int8"]
+                                                               .encode(sample)),
+        "onnx_fp32_top10_agreement_with_torch": top10_agreement(encoders["torch"].encode(sample),
+                                                                fp32),
     }
     return {
-        "baseline": f"torch's default thread count ({torch_default}) for the same call, "
+        "baseline": "torch (SparseEncoder, milco-os's thread policy) for the same call, "
                     "interleaved query by query",
         "settings": {"model": str(model), "queries": len(texts) - 10, "warmup": 10,
                      "policy_threads": query_threads(), "torch_default_threads": torch_default,

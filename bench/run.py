@@ -12,15 +12,16 @@ term statistics):
 - ``encode``: ``SparseEncoder`` vs sentence-transformers' ``SparseEncoder`` on
   splade-tiny (``bench_encode_st.py``), and vs the released code's naive way on the
   trained MILCO (``bench_encode.py``);
-- ``latency``: single-query encoding p50/p95, idle and beside a busy core, thread
-  policy vs torch's default threads (``bench_latency.py``);
+- ``latency``: single-query encoding p50/p95, idle and beside a busy core: torch vs
+  ONNX Runtime fp32 and int8 (with its agreement), and torch's default threads
+  (``bench_latency.py``);
 - ``local``: the local engine's approximate index vs its exact scan, 20k passages
   (quick) or 1M (``bench_local.py``);
 - ``opensearch``: two-phase vs the full query, end to end (encode + search) vs
   BM25, ingest with encoding, bytes per passage per pruning level, at 20k passages
   (quick) or 100k and 1M (``bench_opensearch.py``);
-- ``startup``: one-query CLI search with and without compiled bytecode
-  (``bench_startup.py``);
+- ``startup``: one-query CLI search and encode, onnx vs torch, and where the seconds
+  go (``bench_startup.py``);
 - ``ingest``: ``Ingestor`` vs opensearch-py ``helpers.bulk`` (``bench_ingest.py``);
 - ``query``: latency/QPS per query pruning level vs BM25, brute force and Seismic;
   index size per document pruning level (``bench_query.py``);
@@ -189,7 +190,7 @@ PENDING = {
                    ("end to end (encode + search) on OpenSearch vs BM25", "-"),
                    ("ingest with encoding on CPU; index bytes per passage per pruning level",
                     "-")],
-    "startup": [("CLI start-up: one-query `milco-os search --engine local`, compiled vs not",
+    "startup": [("CLI start-up: one-query `milco-os search --engine local`, onnx vs torch",
                  "-")],
 }
 RUN_ONLY = {"latency": "latency", "local_approximate": "local", "opensearch": "opensearch",
@@ -201,31 +202,36 @@ def pending_rows(name: str) -> list[list[str]]:
     return [[what, command, "", "", goal] for what, goal in PENDING[name]]
 
 
+def latency_rows(lat: dict) -> list[list[str]]:
+    """One query's encoding per backend, idle and beside a busy core, against torch."""
+    c, f = lat["conditions"], lat["figures"]
+    rows = []
+    for condition in ("idle", "loaded"):
+        base = c[condition]["torch"]
+        load_1m = c[condition]["load_average"][0]
+        for name in ("onnx", "onnx-int8", "torch-default"):
+            v = c[condition][name]
+            note = (f", top-10 agreement with fp32 {f['onnx_int8_top10_agreement_with_fp32']:.2f}"
+                    if name == "onnx-int8" else "")
+            rows.append([f"query encoding, one query, {name}, {condition} (load {load_1m}): "
+                         "p50 / p95 ms", f"{v['p50_ms']:.1f} / {v['p95_ms']:.1f}",
+                         f"torch {base['p50_ms']:.1f} / {base['p95_ms']:.1f}",
+                         f"{v['p50_ms'] / base['p50_ms']:.2f}x{note}",
+                         ("p50 <= 15 ms" if condition == "idle" else "<= 2x idle")
+                         if name == "onnx" else "-"])
+    rows.append(["query encoding beside a busy core / idle (p50), onnx",
+                 f"{f['onnx_loaded_over_idle_p50']:.2f}x",
+                 f"torch {f['torch_loaded_over_idle_p50']:.2f}x", "", "<= 2x"])
+    return rows
+
+
 def new_rows() -> list[list[str]]:
     """Rows of the benchmarks on the trained model's corpora."""
     rows = []
     if not load("latency"):
         rows += pending_rows("latency")
     if lat := load("latency"):
-        c, f = lat["conditions"], lat["figures"]
-        for condition in ("idle", "loaded"):
-            p, t = c[condition]["policy"], c[condition]["torch-default"]
-            load_1m = c[condition]["load_average"][0]
-            rows.append([f"query encoding, one query, {condition} (load {load_1m}): p50 / p95 ms",
-                         f"{p['p50_ms']:.1f} / {p['p95_ms']:.1f}",
-                         f"torch default threads {t['p50_ms']:.1f} / {t['p95_ms']:.1f}",
-                         f"{p['p50_ms'] / t['p50_ms']:.2f}x",
-                         "p50 <= 15 ms" if condition == "idle" else "<= 2x idle"])
-        rows.append(["query encoding under load / idle (p50)",
-                     f"{f['policy_loaded_over_idle_p50']:.2f}x",
-                     f"torch default {f['torch_default_loaded_over_idle_p50']:.2f}x", "",
-                     "<= 2x"])
-        i8 = c["idle"]["int8"]
-        rows.append(["query encoding, int8 dynamic quantisation (proposal), idle: p50 / p95 ms",
-                     f"{i8['p50_ms']:.1f} / {i8['p95_ms']:.1f}",
-                     f"fp32 policy {c['idle']['policy']['p50_ms']:.1f}",
-                     f"{f['int8_vs_policy_p50_idle']:.2f}x, top-10 overlap "
-                     f"{f['int8_top10_pivot_overlap']:.2f}", "-"])
+        rows += latency_rows(lat)
     if not sized("local_approximate"):
         rows += pending_rows("local_approximate")
     for local in map(load, sized("local_approximate")):
@@ -243,14 +249,25 @@ def new_rows() -> list[list[str]]:
     if not load("startup"):
         rows += pending_rows("startup")
     if start := load("startup"):
-        f = start["figures"]
-        rows.append(["CLI start-up: one-query `milco-os search --engine local` (s)",
-                     f"{f['search_compiled_s']:.1f}",
-                     f"no compiled bytecode {f['search_not_compiled_s']:.1f}",
-                     f"{f['search_ratio']:.2f}x", "-"])
-        rows.append(["CLI start-up: `milco-os --help` (s), imports torch?",
-                     f"{f['help_compiled_s']:.2f}, {'yes' if f['help_imports_torch'] else 'no'}",
-                     "-", "", "no torch"])
+        rows += startup_rows(start)
+    return rows
+
+
+def startup_rows(start: dict) -> list[list[str]]:
+    """CLI wall times per backend, and where the time of one search goes."""
+    f, medians = start["figures"], start["median_seconds"]
+    rows = [[f"CLI start-up: one-query `milco-os {what}`, onnx (s)",
+             f"{medians[f'{what} (onnx)']:.1f}", f"torch {medians[f'{what} (torch)']:.1f}",
+             f"{medians[f'{what} (onnx)'] / medians[f'{what} (torch)']:.2f}x", "<= 3 s"]
+            for what in ("search --engine local", "encode")
+            if f"{what} (onnx)" in medians]
+    for backend, phases in start["breakdown_seconds"].items():
+        rows.append([f"one search in one process, {backend}: where the seconds go",
+                     ", ".join(f"{name} {seconds:.2f}" for name, seconds in phases.items()),
+                     "-", "", "-"])
+    rows.append(["CLI start-up: `milco-os --help` (s), imports torch?",
+                 f"{f['help_s']:.2f}, {'yes' if f['help_imports_torch'] else 'no'}",
+                 "-", "", "no torch"])
     return rows
 
 

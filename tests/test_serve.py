@@ -348,6 +348,10 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_vector(
     assert metric(metrics, 'milco_serve_requests_total{endpoint="encode",status="200"}') >= len(
         texts)
     assert metric(metrics, "milco_serve_queue_texts") == 0
+    # every request's wait for its model call is timed apart from the call itself
+    assert metric(metrics, "milco_serve_queue_seconds_count") >= len(texts)
+    assert 0 < metric(metrics, "milco_serve_queue_seconds_sum") < metric(
+        metrics, 'milco_serve_request_seconds_sum{endpoint="encode"}')
     assert metric(metrics, "milco_serve_model_loaded") == 1
     assert 'milco_serve_request_seconds_bucket{endpoint="encode",le="0.5"}' in metrics
 

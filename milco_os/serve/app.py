@@ -99,7 +99,8 @@ class ServerState:
         self.batcher = DynamicBatcher(self._encode_now, max_batch=c.max_batch,
                                       max_wait=c.max_wait_ms / 1000, max_queue=c.max_queue,
                                       on_batch=self.metrics.observe_batch,
-                                      on_queue=self.metrics.queue.set)
+                                      on_queue=self.metrics.queue.set,
+                                      on_wait=self.metrics.queue_seconds.observe)
         self.batcher.start()
 
     def _encode_now(self, texts: list[str], kind: str) -> list[SparseVector]:

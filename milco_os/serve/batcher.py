@@ -67,13 +67,15 @@ class DynamicBatcher:
 
     def __init__(self, encode: EncodeFn, *, max_batch: int, max_wait: float, max_queue: int,
                  on_batch: Callable[[int, float], None] | None = None,
-                 on_queue: Callable[[int], None] | None = None) -> None:
+                 on_queue: Callable[[int], None] | None = None,
+                 on_wait: Callable[[float], None] | None = None) -> None:
         self.encode = encode
         self.max_batch = max_batch
         self.max_wait = max_wait
         self.max_queue = max_queue
         self.on_batch = on_batch  # (texts in the batch, seconds the model took)
         self.on_queue = on_queue  # texts now queued
+        self.on_wait = on_wait  # seconds one request waited before its model call
         self.stats = BatchStats()
         self._jobs: deque[_Job] = deque()
         self._queued = 0
@@ -161,6 +163,9 @@ class DynamicBatcher:
             group = [job for job in jobs if job.kind == kind]
             texts = [text for job in group for text in job.texts]
             started = time.monotonic()
+            if self.on_wait:
+                for job in group:
+                    self.on_wait(started - job.queued_at)
             try:
                 vectors = await loop.run_in_executor(self._executor, self.encode, texts, kind)
             except Exception as exc:  # a model failure fails the requests, not the server

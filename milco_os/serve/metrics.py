@@ -25,6 +25,9 @@ class Metrics:
                                      buckets=BATCH_BUCKETS, registry=r)
         self.batch_seconds = Histogram("milco_serve_batch_seconds", "Time of one model call",
                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_seconds = Histogram("milco_serve_queue_seconds", "Time a request waited "
+                                       "for its model call (queue and batching)",
+                                       buckets=LATENCY_BUCKETS, registry=r)
         self.queue = Gauge("milco_serve_queue_texts", "Texts waiting for the model", registry=r)
         self.model_loaded = Gauge("milco_serve_model_loaded", "1 once the model is loaded",
                                   registry=r)
