@@ -4,7 +4,8 @@ All in one run, on the same model and the same texts (distinct English sentences
 one per request, encoded as queries with the same pruning):
 
 - baseline: sequential single-text encoding in this process
-  (``SparseEncoder.encode([text])``, pruning and engine features, one after the other);
+  (``encoder.encode([text])`` on the same ``--backend``, pruning and engine features,
+  one after the other);
 - the server on a free 127.0.0.1 port, with 1, 8 and 32 concurrent clients (keep-alive
   HTTP/1.1 connections, one request in flight each) sending a fixed number of
   ``POST /encode`` requests: throughput and p50/p95/p99 latency;
@@ -45,7 +46,7 @@ from typing import Any
 import numpy as np
 from common import ROOT, english_sentences, machine, save_result
 
-from milco_os.encoders import SparseEncoder
+from milco_os.encoders import TextEncoder, load_encoder
 from milco_os.pruning import Pruning
 from milco_os.terms import engine_features
 
@@ -77,7 +78,7 @@ class Load:
                 "unanswered": self.unanswered, "wrong_vector": self.wrong}
 
 
-def features(encoder: SparseEncoder, rule: Pruning, text: str) -> dict[str, float]:
+def features(encoder: TextEncoder, rule: Pruning, text: str) -> dict[str, float]:
     """What the server computes for one text: encode, prune, engine features (pivot)."""
     [vector] = encoder.encode([text], kind="query")
     vector = rule.apply(vector)
@@ -85,7 +86,7 @@ def features(encoder: SparseEncoder, rule: Pruning, text: str) -> dict[str, floa
     return engine_features(vector.pivot)
 
 
-def baseline(encoder: SparseEncoder, rule: Pruning, texts: list[str]
+def baseline(encoder: TextEncoder, rule: Pruning, texts: list[str]
              ) -> tuple[list[dict[str, float]], list[float]]:
     """Each text's pivot features and the ms each took, one text after the other."""
     for text in texts[:8]:  # warm-up
@@ -155,6 +156,8 @@ async def run_clients(port: int, bodies: list[bytes], want: list[dict[str, float
 
 
 class Server:
+    backend = "auto"  # --backend of every server of the run
+
     def __init__(self, model: str, *options: str) -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
@@ -162,7 +165,7 @@ class Server:
         self.log = Path(tempfile.mkstemp(prefix="bench-serve-", suffix=".log")[1])
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "milco_os.cli", "serve", "--model", model, "--port",
-             str(self.port), "--engine", "local", *options],
+             str(self.port), "--engine", "local", "--backend", self.backend, *options],
             stdout=self.log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
         self._wait_ready()
 
@@ -277,7 +280,8 @@ def table(result: dict[str, Any]) -> str:
         f"{stop['wrong_vector']} wrong, exit code {stop['exit_code']}; every accepted request "
         f"answered: {stop['every_accepted_request_answered']}.",
         "",
-        f"Model `{result['settings']['model_name']}`, {result['settings']['requests']} requests "
+        f"Model `{result['settings']['model_name']}` (backend {result['settings']['backend']}), "
+        f"{result['settings']['requests']} requests "
         f"of one text, `prune` {result['settings']['prune']}; {result['machine']['cores']} "
         f"cores, load average {result['machine']['load_average'][0]} at the start. Command: "
         f"`{result['settings']['command']}`.",
@@ -299,6 +303,8 @@ def main() -> None:
     parser.add_argument("--model", help="model folder or name [default: a random small MILCO]")
     parser.add_argument("--requests", type=int, default=256, help="requests per phase")
     parser.add_argument("--prune", default="topk:64", help="pruning of every answer")
+    parser.add_argument("--backend", default="auto",
+                        help="what runs the model, in the server and the baseline alike")
     parser.add_argument("--no-readme", action="store_true", help="do not update README.md")
     args = parser.parse_args()
     rule = Pruning.parse(args.prune)
@@ -309,18 +315,19 @@ def main() -> None:
         model = str(init_model("small", tempfile.mkdtemp(prefix="bench-serve-small-")))
     started_machine = machine()
     texts = english_sentences(args.requests)
-    encoder = SparseEncoder.from_pretrained(model)
+    Server.backend = args.backend
+    encoder = load_encoder(model, args.backend)
     want, ms = baseline(encoder, rule, texts)
     del encoder  # the server holds its own copy
     bodies = [json.dumps({"texts": [t]}).encode() for t in texts]
     result: dict[str, Any] = {
-        "settings": {"model_name": args.model or "random small preset",
+        "settings": {"model_name": args.model or "random small preset", "backend": args.backend,
                      "requests": len(texts), "prune": str(rule),
                      "command": " ".join(["python bench/bench_serve.py", *sys.argv[1:]])},
         "machine_at_start": started_machine,
         "baseline": {"requests_per_s": round(len(ms) / (sum(ms) / 1000), 1),
                      **{f"p{q}_ms": round(float(np.percentile(ms, q)), 2) for q in (50, 95, 99)},
-                     "what": "sequential single-text SparseEncoder.encode in process"},
+                     "what": "sequential single-text encode in process, same backend"},
         "server": load_phases(model, rule, bodies, want),
         "overload": overload_phase(model, rule, texts, want, args.requests // 2),
         "shutdown": shutdown_phase(model, rule, bodies, want),

@@ -1,6 +1,7 @@
 """Run every benchmark, write ``bench/results/*.json`` and refresh README.md's table.
 
-    python bench/run.py [--only encode,latency,local,opensearch,startup,ingest,query,scaling]
+    python bench/run.py [--only encode,latency,local,opensearch,startup,serve,ingest,query,
+                               scaling]
                         [--quick] [--model FOLDER_OR_NAME]
 
 Benchmarks (each measures milco-os against a named baseline in the same run). The
@@ -22,6 +23,8 @@ term statistics):
   (quick) or 100k and 1M (``bench_opensearch.py``);
 - ``startup``: one-query CLI search and encode, onnx vs torch, and where the seconds
   go (``bench_startup.py``);
+- ``serve``: ``milco-os serve`` at 1, 8 and 32 clients vs sequential encoding, on the
+  default backend (``bench_serve.py``; its table is README.md's load-test section);
 - ``ingest``: ``Ingestor`` vs opensearch-py ``helpers.bulk`` (``bench_ingest.py``);
 - ``query``: latency/QPS per query pruning level vs BM25, brute force and Seismic;
   index size per document pruning level (``bench_query.py``);
@@ -46,7 +49,7 @@ from pathlib import Path
 
 from common import RESULTS, ROOT, cluster_url, save_result
 
-BENCHMARKS = ("encode", "latency", "local", "opensearch", "startup", "ingest", "query",
+BENCHMARKS = ("encode", "latency", "local", "opensearch", "startup", "serve", "ingest", "query",
               "scaling")
 SIZES = {"local": ((20_000,), (1_000_000,)),
          "opensearch": ((20_000,), (100_000, 1_000_000))}  # (quick, full)
@@ -102,6 +105,12 @@ def run_startup(quick: bool, model: Path) -> None:
     save_result("startup", bench_startup.run(model, 1000, 2 if quick else 3))
 
 
+def run_serve(quick: bool, model: Path) -> None:
+    """The serve load test on the trained model (it writes its own README section)."""
+    subprocess.run([sys.executable, str(ROOT / "bench" / "bench_serve.py"), "--model",
+                    str(model), "--requests", "128" if quick else "256"], check=True)
+
+
 def run_ingest(quick: bool, model: Path) -> None:
     import bench_ingest
 
@@ -121,7 +130,8 @@ def run_scaling(quick: bool, model: Path) -> None:
 
 
 RUNNERS = {"encode": run_encode, "latency": run_latency, "local": run_local,
-           "opensearch": run_opensearch, "startup": run_startup, "ingest": run_ingest,
+           "opensearch": run_opensearch, "startup": run_startup, "serve": run_serve,
+           "ingest": run_ingest,
            "query": run_query, "scaling": run_scaling}
 
 
