@@ -4,6 +4,7 @@ when the weights change, and int8 offered only with its measured agreement."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,14 @@ from click.testing import CliRunner
 
 from milco_os.cli import main
 from milco_os.encoders import OnnxSparseEncoder, SparseEncoder, choose_backend, load_encoder
-from milco_os.encoders.onnx import GRAPHS, MANIFEST_NAME, export_dir, top10_agreement
+from milco_os.encoders.onnx import (
+    GRAPHS,
+    MANIFEST_NAME,
+    export_dir,
+    exportable,
+    top10_agreement,
+)
+from milco_os.errors import ModelLoadError
 from milco_os.models import named
 
 RELATIVE = 1e-5  # of the vector's heaviest weight
@@ -126,3 +134,29 @@ def test_milco_small_onnx_vectors_equal_torchs_on_the_shipped_probes() -> None:
         expected = [t for t, _ in probes["vectors"][lang]["pivot"]]
         assert list(vector.pivot.to_dict())[: len(expected)] == expected, lang
     assert np.isfinite([w for v in vectors for w in v.pivot.weights]).all()
+
+
+def test_families_without_an_exported_graph_stay_on_torch(tiny, tmp_path) -> None:
+    (tmp_path / "config.json").write_text('{"model_type": "echo-llm"}')
+    assert exportable(tiny) and not exportable(tmp_path)
+    with pytest.raises(ModelLoadError, match="use --backend torch"):
+        load_encoder(tmp_path, "onnx")
+
+
+def test_the_export_checks_itself_against_torch(tiny, monkeypatch) -> None:
+    """A graph that does not give torch's vectors is refused, not used."""
+    import milco_os.encoders.onnx as onnx_backend
+
+    folder = tiny.parent / "broken"
+    shutil.copytree(tiny, folder, ignore=shutil.ignore_patterns("onnx"))
+    trace = onnx_backend._trace
+
+    def trace_another_model(encoder, path):
+        encoder.model.mlm_head.predictions.bias.data += 1.0  # the graph holds other weights
+        trace(encoder, path)
+        encoder.model.mlm_head.predictions.bias.data -= 1.0
+
+    monkeypatch.setattr(onnx_backend, "_trace", trace_another_model)
+    with pytest.raises(ModelLoadError, match="does not give torch's pivot weights"):
+        load_encoder(folder, "onnx")
+    assert not (folder / "onnx" / MANIFEST_NAME).exists()

@@ -48,9 +48,12 @@ def load_encoder(model: str | os.PathLike[str], backend: str = AUTO,
                  device: str | None = None, kind: str = "query") -> TextEncoder:
     """The encoder of ``model`` on ``backend`` (``torch``, ``onnx``, ``onnx-int8`` or
     ``auto``, see :func:`choose_backend`, for texts of ``kind``; ``device`` is torch's:
-    the ONNX backends run on the CPU)."""
+    the ONNX backends run on the CPU). ``auto`` keeps torch for model families whose
+    graph milco-os does not export (decoder-only echo-LLMs)."""
     if backend not in (AUTO, *BACKENDS):
         raise ValueError(f"backend must be one of {(AUTO, *BACKENDS)}, got {backend!r}")
+    if backend == AUTO and not import_module(_LAZY["OnnxSparseEncoder"]).exportable(model):
+        backend = "torch"
     backend = choose_backend(backend, device, kind)
     if backend == "torch":
         return import_module(_LAZY["SparseEncoder"]).SparseEncoder.from_pretrained(

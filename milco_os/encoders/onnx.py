@@ -33,6 +33,8 @@ from milco_os.models.locations import cache_root, model_dir
 EXPORT_VERSION = 1  # bump when the exported graph's math or inputs change
 OPSET = 17
 MANIFEST_NAME = "export.json"
+EXPORTED_FAMILIES = ("milco", "bert")  # config.json model_type
+CHECK_TOLERANCE = 1e-4  # of a vector's heaviest weight: the export's self-check
 GRAPHS = {False: "model.onnx", True: "model-int8.onnx"}
 # Rows x positions per run: the graph holds [rows, positions, pivot vocabulary] logits at
 # once (no chunked max as in torch), ~500 MB in fp32 for 30,522 English pieces.
@@ -50,6 +52,18 @@ AGREEMENT_QUERIES = (
     "Thủ đô của Việt Nam là gì?", "เมืองหลวงของประเทศไทยคืออะไร",
     "پایتخت ایران کجاست؟", "Who wrote the theory of relativity?",
 )
+
+
+def exportable(model: str | os.PathLike[str]) -> bool:
+    """Whether ``model`` is a local (or assembled named) folder of a family whose graph
+    milco-os exports and checks: MILCO and English SPLADE, not decoder-only echo-LLMs."""
+    folder = Path(model).expanduser()
+    config = (folder if folder.is_dir() else model_dir(str(model))) / "config.json"
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("model_type") in \
+            EXPORTED_FAMILIES
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def export_dir(model: str | os.PathLike[str]) -> Path:
@@ -174,6 +188,11 @@ def export(model: str | os.PathLike[str], folder: Path) -> dict[str, Any]:
     from milco_os.encoders.pytorch import SparseEncoder
     from milco_os.models.registry import resolve_model
 
+    model_folder = resolve_model(model)
+    family = json.loads((model_folder / "config.json").read_text("utf-8")).get("model_type")
+    if family not in EXPORTED_FAMILIES:
+        raise ModelLoadError(f"{model}: the ONNX backends run MILCO and SPLADE models, not "
+                             f"{family!r} ones; use --backend torch")
     print(f"exporting {model} to ONNX in {folder} (once)", file=sys.stderr, flush=True)
     encoder = SparseEncoder.from_pretrained(model, device="cpu")
     folder.mkdir(parents=True, exist_ok=True)
@@ -181,15 +200,32 @@ def export(model: str | os.PathLike[str], folder: Path) -> dict[str, Any]:
     for stale in (MANIFEST_NAME, GRAPHS[True]):
         (folder / stale).unlink(missing_ok=True)
     _trace(encoder, folder / GRAPHS[False])
-    model_folder = resolve_model(model)
-    return _write_manifest(folder, {
+    manifest = {
         "version": EXPORT_VERSION, "model": str(model), "opset": OPSET,
         "sources": [_fingerprint(p) for p in _sources(encoder, model_folder)],
         "tokenizers": {role: str(_tokenizer_dir(encoder, role)) for role in ("m", "en")},
         "max_positions": encoder.max_positions,
         "echo_ignored_ids": [int(i) for i in encoder.echo_ignored],
         "agreement_queries": _agreement_queries(model_folder),
-    })
+    }
+    _check_graph(encoder, _from_manifest(folder, manifest, quantized=False),
+                 manifest["agreement_queries"])
+    return _write_manifest(folder, manifest)
+
+
+def _check_graph(reference: TextEncoder, exported: OnnxSparseEncoder, texts: list[str]) -> None:
+    """The exported graph must give torch's vectors (batched and padded, both kinds): a
+    trace that kept something shape-specific would not."""
+    for kind, batch in (("query", 7), ("document", 3)):
+        want, got = (e.encode(texts, kind=kind, batch_size=batch) for e in (reference, exported))
+        for a, b in zip(want, got, strict=True):
+            for view in ("pivot", "echo"):
+                x, y = getattr(a, view).to_dict(), getattr(b, view).to_dict()
+                gap = max((abs(x.get(t, 0.0) - y.get(t, 0.0)) for t in x.keys() | y.keys()),
+                          default=0.0)
+                if gap > CHECK_TOLERANCE * max(x.values(), default=1.0):
+                    raise ModelLoadError(f"the ONNX graph of this model does not give torch's "
+                                         f"{view} weights (gap {gap:.2g}); use --backend torch")
 
 
 def add_int8(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -267,7 +303,9 @@ def _trace(encoder: Any, path: Path) -> None:
             "pivot": {0: "batch"}, "echo": {0: "batch", 1: "length"}}
     tmp = path.with_suffix(".onnx.tmp")
     with torch.inference_mode(False), torch.no_grad(), _quiet():
-        torch.onnx.export(Graph(encoder.model.float().eval()), (ids, mask), str(tmp),
+        # eval() on the wrapper too: the exporter restores the wrapper's mode afterwards,
+        # recursively, and a new module is in training mode (dropout on)
+        torch.onnx.export(Graph(encoder.model.float()).eval(), (ids, mask), str(tmp),
                           input_names=["input_ids", "attention_mask"], output_names=outputs,
                           dynamic_axes={k: v for k, v in axes.items()
                                         if k in ["input_ids", "attention_mask", *outputs]},
