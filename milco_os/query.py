@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -233,6 +234,21 @@ def sparse_clauses(terms: Terms, flavour: str, mode: str) -> list[dict[str, Any]
     if flavour == "elasticsearch-terms":
         return term_clauses(terms)
     return rank_feature_clauses(terms)
+
+
+def bm25_body(text: str, k: int, fields: Sequence[str], collapse: bool = False
+              ) -> dict[str, Any]:
+    """A ``_search`` body for BM25 alone: a ``multi_match`` (best field) on ``fields``.
+
+    >>> bm25_body("dog", 5, ["title", "text"])["query"]
+    {'multi_match': {'query': 'dog', 'fields': ['title', 'text']}}
+    """
+    body: dict[str, Any] = {"size": k, "track_total_hits": False,
+                            "_source": {"excludes": HIT_SOURCE_EXCLUDES},
+                            "query": {"multi_match": {"query": text, "fields": list(fields)}}}
+    if collapse:
+        body["collapse"] = {"field": "doc_id"}
+    return body
 
 
 def text_clause_estimate(query: SparseQuery) -> int:

@@ -17,6 +17,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -315,6 +316,36 @@ def test_explain_sums_to_the_score(engine: ClusterEngine, big_index) -> None:
             explanation = searcher.explain(hit, queries[int(text)])
             assert explanation.contributions and explanation.agrees()
             assert math.isclose(explanation.exact_score, hit.score, rel_tol=PRECISION)
+
+
+def test_bm25_equals_the_local_engines(engine: ClusterEngine, index: str, server,
+                                       tmp_path) -> None:
+    """The local engine's BM25 gives the cluster's scores (documents short enough that
+    Lucene stores their lengths exactly), best field of title and text, hybrid too;
+    OpenSearch 2 and Elasticsearch score with Lucene's legacy BM25, k1 + 1 times more."""
+    legacy = 2.2 if not (server.engine == "opensearch" and server.version >= "3") else 1.0
+    rng = np.random.default_rng(7)
+    words = ["river", "stone", "bridge", "city", "night", "train", "music", "garden",
+             "winter", "market", "北", "京", "station", "harbour", "school", "paper"]
+    docs = []
+    for i in range(60):
+        text = " ".join(rng.choice(words, size=rng.integers(3, 20)))
+        title = " ".join(rng.choice(words, size=2)) if i % 3 else None
+        docs.append((f"d{i}#0", build_source(f"d{i}", 0, vec({"x": 0.1 * (i % 7 + 1)}),
+                                             title=title, text=text)))
+    put(engine, index, docs)
+    local = open_engine(None, "local", local_path=str(tmp_path))
+    local.create_index("same", meta=META)
+    local.bulk_index("same", docs)
+    for query in ("river", "night train", "stone bridge city", "北京", "harbour harbour"):
+        want = {h.id: h.score / legacy for h in engine.bm25_search(index, query, k=60)}
+        got = {h.id: h.score for h in local.bm25_search("same", query, k=60)}
+        assert got == pytest.approx(want, rel=1e-4), query
+        hybrid = SparseQuery(vec({"x": 1.0}), mode="hybrid", text=query, bm25_boost=1 / legacy)
+        want = {h.id: h.score for h in engine.search(index, hybrid, k=60)}
+        got = {h.id: h.score for h in local.search("same", replace(hybrid, bm25_boost=1.0),
+                                                   k=60)}
+        assert got == pytest.approx(want, rel=PRECISION), query
 
 
 def test_explain_cross_lingual_match(engine: ClusterEngine, index: str) -> None:

@@ -222,6 +222,7 @@ def test_cli_builds_lowercased_per_language_indexes_on_the_local_engine(
         "evaluate", "--engine", "local", "--local-path", str(local), "--index", "fx-{lang}",
         "--dataset", str(root), "--model", str(model_dir), "--build", "--lowercase",
         "--run-out", str(tmp_path / "runs"), "--doc-prune", "none,topk:5",
+        "--mode", "default,bm25,hybrid",
     ])
     assert result.exit_code == 0, result.output
     engine = open_engine(None, "local", local_path=str(local))
@@ -233,6 +234,9 @@ def test_cli_builds_lowercased_per_language_indexes_on_the_local_engine(
                .values() if isinstance(v, dict)) <= 5
     run = read_trec_run(tmp_path / "runs" / "milco.run")
     assert {q.split("/")[0] for q in run} == {"en", "de"}  # language-prefixed query ids
+    summary = json.loads((tmp_path / "runs" / "summary.json").read_text())
+    assert {"bm25", "hybrid"} <= set(summary["systems"])  # BM25 without a cluster
+    assert summary["systems"]["bm25"]["average"]["nDCG@10"] > 0
 
 
 def test_cli_compare_puts_runs_side_by_side(beir: Path, tmp_path: Path):

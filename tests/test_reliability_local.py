@@ -133,7 +133,7 @@ def test_a_segment_dropped_by_another_writer_while_loading_is_read_again(tmp_pat
 
 def _ingest_into(args: tuple[str, str]) -> dict:
     engine_dir, corpus = args
-    spec = IngestSpec(index="shared", batch=BatchSizes(encode=50, bulk_docs=50))
+    spec = IngestSpec(index="common", batch=BatchSizes(encode=50, bulk_docs=50))
     return Ingestor(LocalEngine(engine_dir), spec, progress=False).run(
         read_files([corpus])).summary()
 
@@ -147,10 +147,10 @@ def test_three_concurrent_writers_of_the_same_ids_all_finish(tmp_path) -> None:
                            * 3)
     assert [(r["read"], r["indexed"], r["failed"]) for r in reports] == [(1500, 1500, 0)] * 3
     engine = LocalEngine(tmp_path / "engine")
-    assert engine.count("shared") == 1500
-    engine.refresh("shared")
-    named = json.loads((tmp_path / "engine" / "shared" / "index.json").read_text())["segments"]
-    on_disk = {p.stem for p in (tmp_path / "engine" / "shared").glob("seg-*")}
+    assert engine.count("common") == 1500
+    engine.refresh("common")
+    named = json.loads((tmp_path / "engine" / "common" / "index.json").read_text())["segments"]
+    on_disk = {p.stem for p in (tmp_path / "engine" / "common").glob("seg-*")}
     assert on_disk == set(named) and len(named) == 30  # every superseded segment dropped
 
 

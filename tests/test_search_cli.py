@@ -52,7 +52,8 @@ class WordEncoder:
 def word_encoder(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     loaded: list[str] = []
 
-    def load(model: str, device: str | None) -> WordEncoder:
+    def load(model: str, device: str | None, backend: str) -> WordEncoder:
+        assert backend == "auto"  # the default, unless --backend says otherwise
         loaded.append(model)
         return WordEncoder()
 
@@ -145,8 +146,9 @@ def test_search_reads_queries_from_stdin_and_checks_options(local: list[str]) ->
                                     "cat"])
     assert bad.exit_code == 2 and "--query-prune" in bad.output
     hybrid = CliRunner().invoke(main, ["search", "--index", "news", "--mode", "hybrid", *local,
-                                       "cat"])
-    assert hybrid.exit_code == 1 and "no 'hybrid' mode" in hybrid.output
+                                       "--json", "cat"])
+    assert hybrid.exit_code == 0, hybrid.output
+    assert json.loads(hybrid.stdout)["hits"][0]["id"] == "cat"  # sparse + BM25 on its text
 
 
 def test_dsl_prints_a_pasteable_body() -> None:

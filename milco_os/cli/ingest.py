@@ -99,8 +99,7 @@ def ingest(index: str, spec_path: str | None, inputs: tuple[str, ...], model: st
             report = ingestor.run(records)
     except IngestError as exc:
         click.echo(json.dumps(exc.report.summary(), ensure_ascii=False))
-        where = getattr(getattr(engine, "settings", None), "display_url", None) or engine.name
-        raise IngestError(f"{exc} [cluster: {where}]", exc.report) from None
+        raise IngestError(f"{exc} [engine: {engine.address}]", exc.report) from None
     click.echo(json.dumps(report.summary(), ensure_ascii=False))
     if not report.read:
         shard = f" for shard {shard_of[0]}/{shard_of[1]}" if shard_of[1] > 1 else ""

@@ -188,8 +188,8 @@ def dsl(text: str, model: str | None, index_name: str | None, k: int, options: A
         device: str | None, backend: str, settings: ConnectionSettings) -> None:
     """Print the _search body for TEXT, to paste into any OpenSearch/Elasticsearch client.
 
-    Without --index, the body is for the --engine flavour with the default
-    clause limit (1024).
+    Without --index (or with a local index), the body is for the --engine flavour
+    (OpenSearch for the local engine) with the default clause limit (1024).
     """
     from milco_os.engines import open_engine
     from milco_os.query import build_search_body
@@ -203,6 +203,7 @@ def dsl(text: str, model: str | None, index_name: str | None, k: int, options: A
                            backend)
     [vector] = encoder.encode([text], kind="query")
     query = options.query(vector, text)
-    body = (engine.search_body(query, k) if engine
-            else build_search_body(query, k, flavour=settings.engine))
+    body = (engine.search_body(query, k) if engine and engine.flavour
+            else build_search_body(query, k, flavour=settings.engine if settings.engine
+                                   in ("opensearch", "elasticsearch") else "opensearch"))
     click.echo(json.dumps(body, indent=2, ensure_ascii=False))

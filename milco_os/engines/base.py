@@ -138,10 +138,14 @@ def check_index_name(index: str) -> str:
     return index
 
 
+TEXT_FIELDS = ("title", "text")  # the text fields BM25 searches by default
+
+
 class Engine(ABC):
     """A search backend holding MILCO indexes."""
 
     name: str  # "opensearch" | "elasticsearch" | "local"
+    flavour: str | None = None  # the query DSL of search_body (None: the engine has none)
     max_clause_count: int | None = None  # terms a query may send (None: no limit)
 
     @abstractmethod
@@ -189,6 +193,21 @@ class Engine(ABC):
     def search(self, index: str, query: SparseQuery, k: int = 10) -> list[Hit]: ...
 
     @abstractmethod
+    def bm25_search(self, index: str, text: str, k: int = 10,
+                    fields: Sequence[str] = TEXT_FIELDS, collapse: bool = False) -> list[Hit]:
+        """BM25 on the text ``fields``, a hit scoring as its best field (a ``multi_match``);
+        ``collapse``: one hit per ``doc_id``, its best passage."""
+
+    @abstractmethod
+    def sample_sources(self, index: str, n: int, seed: int = 0) -> list[dict[str, Any]]:
+        """Up to ``n`` documents' sources (vectors included), drawn at random from ``seed``."""
+
+    def search_body(self, query: SparseQuery, k: int = 10) -> dict[str, Any]:
+        """The query DSL body :meth:`search` sends (engines with a :attr:`flavour`)."""
+        raise EngineError(f"the {self.name} engine has no query DSL; build a body for a "
+                          "cluster with milco_os.query.build_search_body")
+
+    @abstractmethod
     def get_sources(self, index: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The full ``_source`` (vectors included) of each id that exists."""
 
@@ -199,6 +218,11 @@ class Engine(ABC):
     @abstractmethod
     def update_meta(self, index: str, changes: dict[str, Any]) -> None:
         """Merge ``changes`` into the index ``_meta`` (the other keys stay)."""
+
+    @property
+    def address(self) -> str:
+        """Where the indexes live, for messages (credentials never shown)."""
+        return self.name
 
     def health(self) -> str:
         """``green``, ``yellow`` or ``red`` (an embedded engine is always green)."""

@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 from milco_os.connection import ConnectionSettings
 from milco_os.engines.base import (
+    TEXT_FIELDS,
     BulkFailure,
     Engine,
     EngineError,
@@ -30,7 +31,7 @@ from milco_os.engines.base import (
     check_index_name,
 )
 from milco_os.mappings import TEXT_ANALYZERS, index_body
-from milco_os.query import SparseQuery, build_search_body
+from milco_os.query import SparseQuery, bm25_body, build_search_body
 from milco_os.retry import is_transient
 
 
@@ -108,6 +109,10 @@ class ClusterEngine(Engine):
         ndjson: bool = False,
     ) -> Any:
         """Send one request; return the decoded JSON answer."""
+
+    @property
+    def address(self) -> str:
+        return self.settings.display_url or self.name
 
     @property
     def supports_neural_sparse(self) -> bool:
@@ -290,6 +295,15 @@ class ClusterEngine(Engine):
 
     def search(self, index: str, query: SparseQuery, k: int = 10) -> list[Hit]:
         return self.raw_search(index, self.search_body(query, k))
+
+    def bm25_search(self, index: str, text: str, k: int = 10,
+                    fields: Sequence[str] = TEXT_FIELDS, collapse: bool = False) -> list[Hit]:
+        return self.raw_search(index, bm25_body(text, k, fields, collapse))
+
+    def sample_sources(self, index: str, n: int, seed: int = 0) -> list[dict[str, Any]]:
+        body = {"size": n, "query": {"function_score": {
+            "query": {"match_all": {}}, "random_score": {"seed": seed, "field": "_seq_no"}}}}
+        return [hit.source for hit in self.raw_search(index, body)]
 
     def raw_search(self, index: str, body: dict[str, Any]) -> list[Hit]:
         """Run any ``_search`` body; hits as :class:`Hit`."""

@@ -9,8 +9,10 @@ Each index is a directory::
 Every :meth:`LocalEngine.bulk_index` call writes one immutable segment and then
 commits it by rewriting ``index.json``; a later document with the same ``_id``
 replaces the earlier one. Search computes the exact dot products (float32
-weights, float64 sums) with scipy; there is no BM25, so ``hybrid`` is refused,
-and ``two-phase`` returns the exact ranking. Several processes may write one
+weights, float64 sums) with scipy, and ``two-phase`` returns the exact ranking.
+BM25 (:meth:`LocalEngine.bm25_search`, and ``hybrid``: the sparse score plus
+``bm25_boost`` x BM25) scores the stored ``title`` and ``text`` as the clusters'
+standard analyzer would (:mod:`milco_os.engines.text`). Several processes may write one
 index at once (commits take a file lock); each sees the others' documents at
 its next call.
 
@@ -60,6 +62,7 @@ from milco_os.engines.approximate import (
     stale_files,
 )
 from milco_os.engines.base import (
+    TEXT_FIELDS,
     BulkFailure,
     Engine,
     EngineError,
@@ -68,6 +71,7 @@ from milco_os.engines.base import (
     InvalidIndexNameError,
     best_per_document,
 )
+from milco_os.engines.text import FieldIndex, best_field_scores
 from milco_os.mappings import complete_meta, mapping_template
 from milco_os.query import SparseQuery, Terms, searched_terms
 from milco_os.sparse import VIEWS
@@ -135,6 +139,7 @@ class _Snapshot:
     _live: np.ndarray | None = None
     approximate: ApproximateIndex | None = None  # over the first approximate.rows rows
     _tail: dict[str, sp.csr_matrix] | None = None  # the rows after those
+    _text_indexes: dict[str, FieldIndex] = field(default_factory=dict)  # BM25, per field
 
     def load_segment(self, directory: Path, name: str) -> None:
         arrays = np.load(directory / f"{name}.npz", allow_pickle=False)
@@ -152,6 +157,7 @@ class _Snapshot:
                                      arrays[f"{view}_indptr"]))
         self.segments.append(name)
         self._matrices = self._live = self._tail = None
+        self._text_indexes = {}
 
     def live(self) -> np.ndarray:
         """Rows holding the latest version of their _id."""
@@ -193,6 +199,20 @@ class _Snapshot:
     def scores(self, terms: Terms) -> np.ndarray:
         """Exact ``sum over views of matrix @ query`` for every row (float64)."""
         return _products(self.matrices(), self.query_columns(terms))
+
+    def bm25(self, fields: Sequence[str], text: str) -> np.ndarray:
+        """Per row, BM25 of ``text`` on its best field of ``fields`` (0 for rows that hold
+        an older version of their _id). A language sub-field (``text.en``) is its field:
+        the local engine has one analysis for all languages."""
+        indexes = []
+        for name in dict.fromkeys(f.split(".")[0] for f in fields):
+            if name not in self._text_indexes:
+                live = self.live()
+                self._text_indexes[name] = FieldIndex(
+                    [source.get(name) if live[row] else None
+                     for row, source in enumerate(self.sources)])
+            indexes.append(self._text_indexes[name])
+        return best_field_scores(indexes, text)
 
     def candidate_scores(self, terms: Terms,
                          settings: SearchSettings) -> tuple[np.ndarray, np.ndarray]:
@@ -281,6 +301,10 @@ class LocalEngine(Engine):
         self.exact = exact
         self.search_settings = search_settings or SearchSettings()
         self._snapshots: dict[str, _Snapshot] = {}
+
+    @property
+    def address(self) -> str:
+        return f"local {self.root}"
 
     def _dir(self, index: str) -> Path:
         if not INDEX_NAME.match(index):
@@ -523,26 +547,47 @@ class LocalEngine(Engine):
         return out
 
     def search(self, index: str, query: SparseQuery, k: int = 10) -> list[Hit]:
-        if query.mode in ("hybrid", "neural-sparse"):
-            raise EngineError(f"the local engine has no {query.mode!r} mode (it has no BM25 "
-                              "and no plugins); use mode 'default'")
+        if query.mode == "neural-sparse":
+            raise EngineError("the local engine has no 'neural-sparse' mode (it has no "
+                              "plugins); the default mode computes the same scores")
         snapshot = self._snapshot(index)
         terms = searched_terms(query, query.max_clauses)
-        if snapshot.approximate is None or self.exact:
+        if query.mode == "hybrid" or snapshot.approximate is None or self.exact:
             scores = snapshot.scores(terms)
+            if query.mode == "hybrid":
+                scores += query.bm25_boost * snapshot.bm25(query.text_fields, query.text or "")
             rows = np.flatnonzero(scores > 0)
             scores = scores[rows]
         else:
             rows, scores = snapshot.candidate_scores(terms, self.search_settings)
-        keep = (scores > 0) & snapshot.live()[rows]
-        rows, scores = rows[keep], scores[keep]
-        if not query.collapse:  # collapsing needs every row: a document's best may be far down
-            rows, scores = _contenders(rows, scores, k)
-        order = np.lexsort((rows, -scores))  # by score, then insertion order
-        rows, scores = rows[order], scores[order]
-        hits: Iterable[Hit] = (Hit(snapshot.ids[r], float(s), snapshot.sources[r])
-                               for r, s in zip(rows, scores, strict=True))
-        if query.collapse:
-            hits = best_per_document(hits)
-        return list(itertools.islice(hits, k))
+        return _ranked(snapshot, rows, scores, k, query.collapse)
 
+    def bm25_search(self, index: str, text: str, k: int = 10,
+                    fields: Sequence[str] = TEXT_FIELDS, collapse: bool = False) -> list[Hit]:
+        snapshot = self._snapshot(index)
+        scores = snapshot.bm25(fields, text)
+        rows = np.flatnonzero(scores > 0)
+        return _ranked(snapshot, rows, scores[rows], k, collapse)
+
+    def sample_sources(self, index: str, n: int, seed: int = 0) -> list[dict[str, Any]]:
+        snapshot = self._snapshot(index)
+        live = np.flatnonzero(snapshot.live())
+        rows = np.random.default_rng(seed).permutation(live)[:n]
+        return [{**snapshot.sources[r], **snapshot.features(r)} for r in sorted(rows)]
+
+
+def _ranked(snapshot: _Snapshot, rows: np.ndarray, scores: np.ndarray, k: int,
+            collapse: bool) -> list[Hit]:
+    """The best ``k`` live rows by score (ties: insertion order), as hits; ``collapse``:
+    one per document, its best passage."""
+    keep = (scores > 0) & snapshot.live()[rows]
+    rows, scores = rows[keep], scores[keep]
+    if not collapse:  # collapsing needs every row: a document's best may be far down
+        rows, scores = _contenders(rows, scores, k)
+    order = np.lexsort((rows, -scores))  # by score, then insertion order
+    rows, scores = rows[order], scores[order]
+    hits: Iterable[Hit] = (Hit(snapshot.ids[r], float(s), snapshot.sources[r])
+                           for r, s in zip(rows, scores, strict=True))
+    if collapse:
+        hits = best_per_document(hits)
+    return list(itertools.islice(hits, k))

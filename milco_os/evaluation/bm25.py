@@ -3,36 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-from milco_os.engines.base import Engine, EngineError, Hit
-from milco_os.query import HIT_SOURCE_EXCLUDES
+from milco_os.engines.base import TEXT_FIELDS, Engine, Hit
 
-BM25_FIELDS = ("title", "text")
+BM25_FIELDS = TEXT_FIELDS
 
 
 class BM25Searcher:
-    """The BM25 baseline: a ``multi_match`` on the index's ``title`` and ``text`` fields.
-
-    Needs a cluster engine (the local engine has no text index). ``collapse``: one
-    hit per ``doc_id`` (its best passage), for indexes of split documents.
+    """The BM25 baseline: :meth:`Engine.bm25_search` on the index's ``title`` and ``text``
+    (a cluster's ``multi_match``; the local engine's own BM25). ``collapse``: one hit per
+    ``doc_id`` (its best passage), for indexes of split documents.
     """
 
     def __init__(self, engine: Engine, index: str, fields: Sequence[str] = BM25_FIELDS,
                  collapse: bool = False) -> None:
-        if not hasattr(engine, "raw_search"):
-            raise EngineError(f"BM25 needs OpenSearch or Elasticsearch; the {engine.name} "
-                              "engine has no text index")
         self.engine, self.index, self.fields = engine, index, list(fields)
         self.collapse = collapse
 
-    def body(self, text: str, k: int) -> dict[str, Any]:
-        body = {"size": k, "track_total_hits": False,
-                "_source": {"excludes": HIT_SOURCE_EXCLUDES},
-                "query": {"multi_match": {"query": text, "fields": self.fields}}}
-        if self.collapse:
-            body["collapse"] = {"field": "doc_id"}
-        return body
-
     def search(self, texts: Sequence[str], k: int = 10) -> list[list[Hit]]:
-        return [self.engine.raw_search(self.index, self.body(t, k)) for t in texts]
+        return [self.engine.bm25_search(self.index, t, k, self.fields, self.collapse)
+                for t in texts]

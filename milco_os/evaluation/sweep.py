@@ -235,17 +235,11 @@ class Sweep:
 
 
 def sample_doc_terms(engine: Engine, index: str) -> float | None:
-    """Mean pivot + echo terms over a random sample of the index (cluster engines only)."""
-    if not hasattr(engine, "raw_search"):
+    """Mean pivot + echo terms over a random sample of the index's documents."""
+    sources = engine.sample_sources(index, TERMS_SAMPLE)
+    if not sources:
         return None
-    body = {"size": TERMS_SAMPLE, "_source": ["pivot", "echo"],
-            "query": {"function_score": {"query": {"match_all": {}},
-                                         "random_score": {"seed": 0, "field": "_seq_no"}}}}
-    hits = engine.raw_search(index, body)
-    if not hits:
-        return None
-    return sum(len(h.source.get("pivot", {})) + len(h.source.get("echo", {})) for h in hits) \
-        / len(hits)
+    return sum(len(s.get("pivot", {})) + len(s.get("echo", {})) for s in sources) / len(sources)
 
 
 def compare_runs(paths: Sequence[str | Path], dataset: EvalDataset,

@@ -287,7 +287,7 @@ def create_app(config: ServeConfig, engine: Engine | None = None,
         body.refuse_unknown(("text", "k", "flavour", *QUERY_FIELDS))
         text = body.text("text", max_chars=config.max_chars)
         k = body.integer("k", 10, 1, MAX_K)
-        cluster_flavour = getattr(state.engine, "flavour", None)
+        cluster_flavour = state.engine.flavour if state.engine else None
         flavour = body.choice("flavour", ("opensearch", "elasticsearch"),
                               cluster_flavour or "opensearch")
         options = search_options(body, config.prune)
