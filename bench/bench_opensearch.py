@@ -45,7 +45,6 @@ def ingest(engine, index: str, corpus: Vectors, rows: range, prune: str = "none"
     """Docs/s of an Ingestor run over ``rows`` (pre-encoded unless ``encoder``)."""
     from milco_os.corpus import Document
     from milco_os.ingest import Ingestor
-    from milco_os.pruning import Pruning
     from milco_os.spec import IngestSpec
 
     engine.delete_index(index)
@@ -53,9 +52,8 @@ def ingest(engine, index: str, corpus: Vectors, rows: range, prune: str = "none"
     records = (Document(f"d{row}", corpus.texts[row], vectors=v)
                for row, v in zip(rows, vectors, strict=True))
     spec = IngestSpec(index=index, model="bench" if encoder is None else "model", prune=prune)
-    pruning = None if prune == "none" else Pruning.parse(prune)
     tick = time.perf_counter()
-    report = Ingestor(engine, spec, encoder, pruning, progress=False).run(records)
+    report = Ingestor(engine, spec, encoder, progress=False).run(records)
     seconds = time.perf_counter() - tick
     assert report.indexed == len(rows), report.summary()
     force_merge(engine, index)

@@ -174,7 +174,6 @@ class Ingestor:
         engine: Engine,
         spec: IngestSpec,
         encoder: Any | None = None,
-        pruning: Any | None = None,
         *,
         resume: bool = False,
         shard_of: tuple[int, int] = (0, 1),
@@ -184,7 +183,7 @@ class Ingestor:
         max_wait: float = 30.0,
         force: bool = False,
     ) -> None:
-        self.engine, self.spec, self.encoder, self.pruning = engine, spec, encoder, pruning
+        self.engine, self.spec, self.encoder = engine, spec, encoder
         self.resume, self.shard_of, self.progress = resume, shard_of, progress
         self.error_log = Path(error_log) if error_log else None
         self.policy = RetryPolicy(attempts=max_attempts, max_wait=max_wait)
@@ -359,8 +358,7 @@ class Ingestor:
         for passage, vector in zip(batch, vectors, strict=True):
             if vector is None:
                 continue
-            if self.pruning is not None:
-                vector = self.pruning.apply(vector)
+            vector = self.spec.prune.apply(vector)  # the rule the index _meta records
             vector = SparseVector(*(vector.view(v) if v in self.spec.views else SparseView.empty()
                                     for v in VIEWS))
             doc = passage.doc

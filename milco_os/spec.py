@@ -8,8 +8,12 @@ pruned: the index holds the model's exact vectors.
 
 >>> spec = IngestSpec.from_dict({"index": "demo", "source": {"files": ["c.jsonl"]},
 ...                              "model": "path/to/model"})
->>> spec.prune, spec.views, spec.batch.encode, spec.encode.fields
+>>> str(spec.prune), spec.views, spec.batch.encode, spec.encode.fields
 ('none', ('pivot', 'echo'), 32, ('title', 'text'))
+
+``prune`` is parsed once, here, into a :class:`~milco_os.pruning.Pruning` (a spec
+string is accepted wherever a spec is built); the ingestor applies exactly the rule
+the index's ``_meta`` records.
 
 Every value is checked for its type and range when the spec is read (and again
 after command-line overrides), so a wrong value is one line naming the file and
@@ -97,12 +101,22 @@ class IngestSpec:
     max_length: int | None = None
     passages: Passages = field(default_factory=Passages)
     encode: EncodeFields = field(default_factory=EncodeFields)
-    prune: str = "none"
+    prune: Pruning = field(default_factory=Pruning)  # a spec string is parsed on creation
     views: tuple[str, ...] = VIEWS
     lang: str | None = None
     engine: EngineSettings = field(default_factory=EngineSettings)
     batch: BatchSizes = field(default_factory=BatchSizes)
     description: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.prune, Pruning):
+            return
+        if not isinstance(self.prune, str):
+            raise SpecError(f"prune: expected a string such as topk:32, got {self.prune!r}")
+        try:
+            object.__setattr__(self, "prune", Pruning.parse(self.prune))
+        except ValueError as exc:
+            raise SpecError(f"prune: {exc}") from None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], origin: str = "<spec>") -> IngestSpec:
@@ -187,10 +201,6 @@ class IngestSpec:
         if (self.passages.stride or 0) > (self.passages.window or 0):
             raise ValueError(f"passages.stride {self.passages.stride} must be <= "
                              f"passages.window {self.passages.window}")
-        try:
-            Pruning.parse(self.prune)
-        except ValueError as exc:
-            raise ValueError(f"prune: {exc}") from None
 
     def _integers(self) -> list[tuple[str, Any, int]]:
         """(key, value, minimum) of every integer setting."""
@@ -203,7 +213,7 @@ class IngestSpec:
 
     def _strings(self) -> list[tuple[str, Any]]:
         """(key, value) of every string setting (None: not set)."""
-        return [("index", self.index), ("model", self.model), ("prune", self.prune),
+        return [("index", self.index), ("model", self.model),
                 ("lang", self.lang), ("description", self.description),
                 ("source.hub", self.source.hub), ("source.config", self.source.config),
                 ("source.split", self.source.split),
@@ -228,7 +238,7 @@ class IngestSpec:
 
     def describe(self) -> dict[str, Any]:
         """What the index's ``_meta`` records about how it was built."""
-        return {"model": self.model, "views": list(self.views), "pruning": self.prune,
+        return {"model": self.model, "views": list(self.views), "pruning": str(self.prune),
                 "max_length": self.max_length, "passages": vars(self.passages),
                 "encode": {"fields": list(self.encode.fields),
                            "separator": self.encode.separator}}

@@ -15,7 +15,6 @@ from milco_os.encoders import SparseEncoder
 from milco_os.engines import open_engine
 from milco_os.ingest import Ingestor
 from milco_os.models.presets import init_model
-from milco_os.pruning import Pruning
 from milco_os.spec import BatchSizes, IngestSpec
 
 pytestmark = pytest.mark.cluster
@@ -56,7 +55,7 @@ def test_every_record_is_indexed_or_failed_with_its_reason(model_dir, cluster_ur
     spec = IngestSpec(index=index_name, model=str(model_dir), prune="topk:32",
                       batch=BatchSizes(encode=16))
     encoder = SparseEncoder.from_pretrained(model_dir, device="cpu")
-    report = Ingestor(engine, spec, encoder, Pruning.parse("topk:32"), progress=False,
+    report = Ingestor(engine, spec, encoder, progress=False,
                       error_log=tmp_path / "errors.jsonl").run(read_files([tmp_path / "c.jsonl"]))
     assert report.read == 12
     assert report.indexed + report.skipped + report.failed == report.read

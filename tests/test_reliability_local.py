@@ -19,7 +19,8 @@ from milco_os.engines.local import LocalEngine
 from milco_os.errors import ModelLoadError
 from milco_os.ingest import IngestError, Ingestor
 from milco_os.models.registry import load_sparse_model
-from milco_os.spec import BatchSizes, IngestSpec
+from milco_os.pruning import Pruning
+from milco_os.spec import BatchSizes, IngestSpec, SpecError
 
 
 def test_blank_stdin_lines_keep_encode_output_aligned(tmp_path) -> None:
@@ -213,3 +214,19 @@ def test_overlapping_ingests_restore_the_owners_refresh_interval(tmp_path) -> No
         _records_while_another_run_loads(tmp_path / "c.jsonl", second_run))
     assert report.indexed == 40 and seen_by_second == ["5s"]
     assert engine.index_info("owned")["settings"]["refresh_interval"] == "5s"
+
+
+def test_the_spec_pruning_is_the_one_applied_and_recorded(tmp_path) -> None:
+    """One source of truth: what ``_meta`` records is what was indexed (an Ingestor
+    once took the rule apart from the spec, and indexed unpruned vectors under
+    ``pruning: topk:3``)."""
+    write_corpus(tmp_path / "c.jsonl", 5)
+    engine = LocalEngine(tmp_path / "engine")
+    spec = IngestSpec(index="pruned", prune="topk:3")
+    assert isinstance(spec.prune, Pruning) and str(spec.prune) == "topk:3"
+    Ingestor(engine, spec, progress=False).run(read_files([tmp_path / "c.jsonl"]))
+    assert engine.meta("pruned")["pruning"] == "topk:3"
+    source = engine.get_sources("pruned", ["doc-0#0"])["doc-0#0"]
+    assert len(source["pivot"]) == 3 and len(source["echo"]) == 1
+    with pytest.raises(SpecError, match="prune: bad pruning spec 'top:3'"):
+        IngestSpec(index="pruned", prune="top:3")

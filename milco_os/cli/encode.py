@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import click
 
@@ -30,17 +31,15 @@ TOP_TERMS = 20
 @click.option("--json", "as_json", is_flag=True,
               help='One JSON object per line: {"text", "pivot": {term: w}, "echo": {term: w}}.')
 @click.argument("texts", nargs=-1, required=True)
-def encode(model_path: str, kind: str, prune: str, max_length: int | None, batch_size: int,
+def encode(model_path: str, kind: str, prune: Any, max_length: int | None, batch_size: int,
            drop_special: bool, device: str | None, backend: str, as_json: bool,
            texts: tuple[str, ...]) -> None:
     """Encode TEXTS (or one text per line from stdin when TEXT is `-`).
 
     Output stays line-aligned with the input: a blank line gets an empty vector.
     """
-    from milco_os.pruning import Pruning
     from milco_os.sparse import SparseVector, SparseView
 
-    pruning = Pruning.parse(prune)
     inputs = _read_texts(texts)
     encoder = load_encoder(model_path, device, backend, kind)
     texts_to_encode = [t for t in inputs if t.strip()]
@@ -50,7 +49,7 @@ def encode(model_path: str, kind: str, prune: str, max_length: int | None, batch
     blank = SparseVector(SparseView.empty())
     vectors = [next(encoded) if text.strip() else blank for text in inputs]
     for text, vector in zip(inputs, vectors, strict=True):
-        pruned = pruning.apply(vector)
+        pruned = prune.apply(vector)
         if as_json:
             click.echo(json.dumps({"text": text, **pruned.to_dict()}, ensure_ascii=False))
         else:

@@ -62,10 +62,10 @@ def index() -> None:
 @click.option("--refresh-interval", help="e.g. 30s, or -1 during bulk loads.")
 @click.option("--exist-ok", is_flag=True, help="Succeed when the index already exists.")
 @engine_options
-def create(name: str, model: str, views: list[str], pruning: str, shards: int, replicas: int,
+def create(name: str, model: str, views: list[str], pruning: Any, shards: int, replicas: int,
            refresh_interval: str | None, exist_ok: bool, engine) -> None:
     """Create index NAME with the MILCO mapping."""
-    meta = {"model": model, "views": views, "pruning": pruning}
+    meta = {"model": model, "views": views, "pruning": str(pruning)}
     engine.create_index(name, meta=meta, shards=shards, replicas=replicas,
                         refresh_interval=refresh_interval, exist_ok=exist_ok)
     click.echo(f"created {engine.name} index {name!r}", err=True)

@@ -61,7 +61,7 @@ def _parse_shard(_ctx: click.Context, _param: click.Parameter, value: str | None
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @connection_options
 def ingest(index: str, spec_path: str | None, inputs: tuple[str, ...], model: str | None,
-           prune: str | None, max_length: int | None, batch_size: int | None, lang: str | None,
+           prune: Any | None, max_length: int | None, batch_size: int | None, lang: str | None,
            shard_of: tuple[int, int], resume: bool, retries: int, errors_out: str | None,
            device: str | None, force: bool, quiet: bool, settings: ConnectionSettings) -> None:
     """Encode a corpus and bulk-index its pivot and echo vectors.
@@ -74,7 +74,6 @@ def ingest(index: str, spec_path: str | None, inputs: tuple[str, ...], model: st
     """
     from milco_os.engines import open_engine
     from milco_os.ingest import IngestError, Ingestor, read_source
-    from milco_os.pruning import Pruning
     from milco_os.spec import IngestSpec
 
     spec = IngestSpec.load(spec_path) if spec_path else IngestSpec.find(index)
@@ -91,7 +90,7 @@ def ingest(index: str, spec_path: str | None, inputs: tuple[str, ...], model: st
     click.echo(f"ingesting into {engine.name} index {spec.index!r} "
                f"(model {spec.model or 'none: pre-encoded vectors'}, prune {spec.prune})",
                err=True)
-    ingestor = Ingestor(engine, spec, encoder, Pruning.parse(spec.prune), resume=resume,
+    ingestor = Ingestor(engine, spec, encoder, resume=resume,
                         shard_of=shard_of, progress=not quiet, error_log=errors_out,
                         max_attempts=retries + 1, force=force)
     try:

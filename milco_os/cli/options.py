@@ -37,19 +37,21 @@ class FiniteFloat(click.FloatRange):
 
 
 class PruneSpec(click.ParamType):
-    """``none | mass:P | topk:K | threshold:T``, checked here, passed on as the string."""
+    """``none | mass:P | topk:K | threshold:T``, parsed here (the only parse of the option),
+    passed on as the :class:`~milco_os.pruning.Pruning`."""
 
     name = "prune"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-                ) -> str:
+                ) -> Any:
         from milco_os.pruning import Pruning
 
+        if isinstance(value, Pruning):  # a default already parsed
+            return value
         try:
-            Pruning.parse(str(value))
+            return Pruning.parse(str(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
-        return str(value)
 
 
 class Device(click.ParamType):

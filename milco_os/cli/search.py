@@ -26,12 +26,11 @@ from milco_os.errors import InputError
 from milco_os.query import MODES, TWO_PHASE_EXPANSION_RATE, TWO_PHASE_PRUNE_RATIO
 
 
-def _options(alpha: float | None, mode: str, collapse: bool, query_prune: str | None,
+def _options(alpha: float | None, mode: str, collapse: bool, query_prune: Any | None,
              bm25_fields: tuple[str, ...], prune_ratio: float, expansion_rate: float) -> Any:
-    from milco_os.pruning import Pruning
     from milco_os.search import SearchOptions
 
-    prune = Pruning.parse(query_prune).apply if query_prune else None
+    prune = query_prune.apply if query_prune else None
     fields = {"text_fields": bm25_fields} if bm25_fields else {}
     return SearchOptions(alpha=alpha, mode=mode, collapse=collapse, prune=prune,
                          prune_ratio=prune_ratio, expansion_rate=expansion_rate, **fields)

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from milco_os.cli.options import BACKEND, connection_options
+from milco_os.cli.options import BACKEND, PRUNE, connection_options
 from milco_os.connection import ConnectionSettings
 
 
@@ -41,7 +41,7 @@ from milco_os.connection import ConnectionSettings
               help="Characters per text (more: 413).")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.001), default=30.0,
               show_default=True, help="Seconds a request may wait for the model (then 504).")
-@click.option("--prune", default="none", show_default=True,
+@click.option("--prune", type=PRUNE, default="none", show_default=True,
               help="Default pruning of every answer: none | mass:P | topk:K | threshold:T.")
 @click.option("--index", "indexes", multiple=True,
               help="Index that POST /search may query, repeatable (the first is the default).")
@@ -55,7 +55,7 @@ from milco_os.connection import ConnectionSettings
 @connection_options
 def serve(model: str, host: str, port: int, workers: int, device: str | None, backend: str,
           threads: int | None, max_batch: int, max_wait_ms: float, max_queue: int,
-          max_texts: int, max_chars: int, timeout_s: float, prune: str,
+          max_texts: int, max_chars: int, timeout_s: float, prune: Any,
           indexes: tuple[str, ...], force: bool, token_file: str | None, access_log: bool,
           fd: int | None, settings: ConnectionSettings) -> None:
     """Serve MODEL over HTTP: POST /encode, /embed_sparse, /dsl, /search; GET /health, /metrics.
@@ -65,13 +65,8 @@ def serve(model: str, host: str, port: int, workers: int, device: str | None, ba
     """
     _require_serve_extra()
     from milco_os.errors import MilcoOSError
-    from milco_os.pruning import Pruning
     from milco_os.serve.config import ServeConfig, read_token
 
-    try:
-        Pruning.parse(prune)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--prune") from None
     try:
         config = ServeConfig(model=model, device=device, backend=backend, max_batch=max_batch,
                              max_wait_ms=max_wait_ms, max_queue=max_queue, max_texts=max_texts,

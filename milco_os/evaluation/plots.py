@@ -22,7 +22,7 @@ def plot_sweep(results: Mapping[str, SweepResult], metric: str, out: str | Path)
         if system.mode != "bm25":
             series.setdefault(f"{system.mode} q={system.query_prune}", []).append(
                 (result.doc_terms_mean or 0.0, 100 * evaluation.average[metric],
-                 system.doc_prune))
+                 str(system.doc_prune)))
         if "query_terms_mean" in evaluation.cost:
             latency.setdefault(f"doc={system.doc_prune} {system.mode}", []).append(
                 (evaluation.cost["query_terms_mean"], evaluation.cost["latency_p50_ms"]))

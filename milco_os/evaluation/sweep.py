@@ -12,7 +12,7 @@ import itertools
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from milco_os.evaluation.bm25 import BM25Searcher
 from milco_os.evaluation.runfiles import read_trec_run, save_evaluation
 from milco_os.evaluation.scoring import DEFAULT_METRICS, Evaluation, evaluate, parse_metrics
 from milco_os.evaluation.tables import format_table
+from milco_os.pruning import Pruning
 from milco_os.search import QueryEncoder, Searcher, SearchOptions
 from milco_os.sparse import SparseVector, SparseView
 
@@ -42,16 +43,16 @@ class System:
     """One point of the sweep: which index, and how queries are built."""
 
     index: str  # may hold "{lang}": one index per language
-    doc_prune: str = "none"
+    doc_prune: Pruning = field(default_factory=Pruning)
     mode: str = "default"
     alpha: float | None = None
-    query_prune: str = "none"
+    query_prune: Pruning = field(default_factory=Pruning)
     views: str = "both"
 
     @property
     def name(self) -> str:
         if self.mode == "bm25":
-            return f"bm25 doc={self.doc_prune}" if self.doc_prune != "none" else "bm25"
+            return f"bm25 doc={self.doc_prune}" if self.doc_prune.method != "none" else "bm25"
         parts = [f"doc={self.doc_prune}", f"q={self.query_prune}",
                  f"alpha={self.alpha}" if self.alpha is not None else "",
                  VIEW_LABELS[self.views], self.mode]
@@ -64,9 +65,7 @@ class System:
 
     def query_vector(self, vector: SparseVector) -> SparseVector:
         """``vector`` pruned (query pruning) and reduced to this system's views."""
-        from milco_os.pruning import Pruning
-
-        vector = Pruning.parse(self.query_prune).apply(vector)
+        vector = self.query_prune.apply(vector)
         if self.views == "pivot":
             return SparseVector(vector.pivot)
         if self.views == "echo":
@@ -93,14 +92,16 @@ class SweepResult:
 
     def info(self) -> dict[str, Any]:
         return {"doc_terms_mean": self.doc_terms_mean, "indexes": self.indexes,
-                "slug": self.system.slug, **asdict(self.system)}
+                "slug": self.system.slug, **asdict(self.system),
+                "doc_prune": str(self.system.doc_prune),
+                "query_prune": str(self.system.query_prune)}
 
 
-def index_for(base: str, doc_prune: str) -> str:
+def index_for(base: str, doc_prune: Pruning) -> str:
     """The index holding documents pruned with ``doc_prune`` (a suffix of the base name)."""
-    if doc_prune == "none":
+    if doc_prune.method == "none":
         return base
-    return f"{base}-{re.sub(r'[^a-z0-9]+', '', doc_prune.lower())}"
+    return f"{base}-{re.sub(r'[^a-z0-9]+', '', str(doc_prune))}"
 
 
 def check_choices(values: Iterable[str], allowed: Sequence[str], option: str) -> list[str]:
@@ -116,16 +117,11 @@ def sweep_systems(index: str, doc_prunes: Sequence[str] = ("none",),
                   query_prunes: Sequence[str] = ("none",), alphas: Sequence[float] = (),
                   views: Sequence[str] = ("both",), modes: Sequence[str] = ("default",)
                   ) -> list[System]:
-    """Every combination, in a stable order; BM25 once per document-pruning level."""
-    from milco_os.pruning import Pruning
-
+    """Every combination, in a stable order; BM25 once per document-pruning level. Each
+    pruning spec is parsed here, once."""
     check_choices(views, VIEW_CHOICES, "views")
     check_choices(modes, MODE_CHOICES, "mode")
-    for spec in [*doc_prunes, *query_prunes]:
-        try:
-            Pruning.parse(spec)
-        except ValueError as exc:
-            raise InputError(f"pruning {spec!r}: {exc}") from None
+    doc_prunes, query_prunes = _parsed(doc_prunes), _parsed(query_prunes)
     systems: list[System] = []
     for doc, mode in itertools.product(doc_prunes, modes):
         if mode == "bm25":
@@ -134,6 +130,16 @@ def sweep_systems(index: str, doc_prunes: Sequence[str] = ("none",),
         for alpha, prune, view in itertools.product(alphas or (None,), query_prunes, views):
             systems.append(System(index, doc, mode, alpha, prune, view))
     return list(dict.fromkeys(systems))
+
+
+def _parsed(specs: Sequence[str | Pruning]) -> list[Pruning]:
+    rules = []
+    for spec in specs:
+        try:
+            rules.append(spec if isinstance(spec, Pruning) else Pruning.parse(spec))
+        except ValueError as exc:
+            raise InputError(f"pruning {spec!r}: {exc}") from None
+    return rules
 
 
 class Sweep:
@@ -206,7 +212,7 @@ class Sweep:
             self.encoders[model, kind] = load_encoder(model, self.backend, self.device, kind)
         return self.encoders[model, kind]
 
-    def _ensure_index(self, index: str, lang: str | None, doc_prune: str) -> None:
+    def _ensure_index(self, index: str, lang: str | None, doc_prune: Pruning) -> None:
         if index in self.doc_terms:
             return
         if self.engine.index_exists(index):
@@ -218,7 +224,6 @@ class Sweep:
         if not self.model:
             raise InputError("building an index needs a model (--model)")
         from milco_os.ingest import Ingestor
-        from milco_os.pruning import Pruning
         from milco_os.spec import IngestSpec, Passages
 
         spec = IngestSpec(index=index, model=self.model, prune=doc_prune, lang=lang,
@@ -228,8 +233,8 @@ class Sweep:
                  f"{', lower-cased' if self.dataset.lowercase else ''})")
         encoder = self.encoders[None] if None in self.encoders else \
             self._load(self.model, "document")
-        report = Ingestor(self.engine, spec, encoder, Pruning.parse(doc_prune),
-                          progress=False).run(self.dataset.corpus(lang)())
+        corpus = self.dataset.corpus(lang)()
+        report = Ingestor(self.engine, spec, encoder, progress=False).run(corpus)
         stats = report.term_stats()
         self.doc_terms[index] = sum(v["mean"] for v in stats.values()) if stats else None
 

@@ -193,15 +193,18 @@ async def read_body(request: Request, state: ServerState) -> Body:
     return Body(parse_json(b"".join(chunks), where), where)
 
 
-def pruning(body: Body, default: str) -> Pruning:
-    spec = body.optional_str("prune") or default
+def pruning(body: Body, default: Pruning) -> Pruning:
+    """The request's ``prune``, else the server's (parsed once, at start)."""
+    spec = body.optional_str("prune")
+    if not spec:
+        return default
     try:
         return Pruning.parse(spec)
     except ValueError as exc:
         raise RequestError(f'{body.where}: "prune": {exc}') from None
 
 
-def search_options(body: Body, default_prune: str) -> SearchOptions:
+def search_options(body: Body, default_prune: Pruning) -> SearchOptions:
     """The query options shared by ``/dsl`` and ``/search`` (as the CLI's search options)."""
     rule = pruning(body, default_prune)
     fields = body.data.get("bm25_fields")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from milco_os.errors import InputError
+from milco_os.pruning import Pruning
 
 TOKEN_ENV, TOKEN_FILE_ENV = "MILCO_OS_SERVE_TOKEN", "MILCO_OS_SERVE_TOKEN_FILE"
 
@@ -38,12 +39,17 @@ class ServeConfig:
     max_texts: int = 32
     max_chars: int = 8192
     timeout_s: float = 30.0
-    prune: str = "none"  # the default pruning of /encode and /embed_sparse answers
+    prune: Pruning = field(default_factory=Pruning)  # the default of /encode answers
     threads: int | None = None  # torch threads per encode call [default: milco_os.threads]
     indexes: tuple[str, ...] = ()
     token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.prune, str):  # the Python API may give the spec string
+            try:
+                object.__setattr__(self, "prune", Pruning.parse(self.prune))
+            except ValueError as exc:
+                raise InputError(f"prune: {exc}") from None
         for name in ("max_batch", "max_queue", "max_texts", "max_chars"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
