@@ -70,6 +70,10 @@ def check_index(index: str, meta: Mapping[str, Any], *, force: bool = False,
 
 
 def _pruning(spec: Any) -> Pruning | str:
+    """A rule in use as is; the string an index records, parsed (to compare equal rules
+    spelled differently, ``topk:32`` and ``topk:32.0``)."""
+    if isinstance(spec, Pruning):
+        return spec
     try:
         return Pruning.parse(str(spec or "none"))
     except ValueError:
