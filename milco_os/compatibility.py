@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from milco_os.errors import IncompatibleIndexError
+from milco_os.errors import IncompatibleIndexError, InputError
 from milco_os.pruning import Pruning
 
 MILCO_META_KEYS = ("model", "views", "pruning")  # what every index milco-os creates records
@@ -67,6 +67,19 @@ def check_index(index: str, meta: Mapping[str, Any], *, force: bool = False,
     if problems and not force:
         raise IncompatibleIndexError("; ".join(problems) + " (pass --force to use it anyway)")
     return problems
+
+
+def model_for_index(index: str, meta: Mapping[str, Any], model: str | None = None, *,
+                    force: bool = False) -> tuple[str, list[str]]:
+    """The model that encodes queries for ``index``: ``model``, else the one its ``_meta``
+    records, and the warnings of a forced mismatch. Queries encoded by another model than
+    the documents score meaninglessly, so a mismatch is refused unless ``force``."""
+    warnings = check_index(index, meta, model=model, force=force)
+    chosen = model or meta.get("model")
+    if not chosen:
+        raise InputError(f"index {index!r} records no model in its _meta: give a model "
+                         "(--model)")
+    return chosen, warnings
 
 
 def _pruning(spec: Any) -> Pruning | str:

@@ -46,3 +46,36 @@ class ServiceError(MilcoOSError, RuntimeError):
     """A cluster or other service that cannot be reached or refuses the work."""
 
     exit_code = 3
+
+
+class EngineError(ServiceError):
+    """A request the engine refused; retrying it unchanged will not help.
+
+    ``status`` is the HTTP status of the refusal, when there was one.
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TransientEngineError(EngineError):
+    """The whole request failed (429, 5xx, timeout, connection): the caller retries."""
+
+    exit_code = 3
+
+
+class IndexNotFoundError(EngineError):
+    """The index does not exist."""
+
+
+class IndexExistsError(EngineError):
+    """The index already exists (e.g. another worker created it a moment ago)."""
+
+
+class InvalidIndexNameError(EngineError, InputError):
+    """A name that is not exactly one concrete index."""
+
+    exit_code = 2

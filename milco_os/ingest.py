@@ -49,16 +49,8 @@ from tqdm.auto import tqdm
 from milco_os.compatibility import check_index
 from milco_os.corpus import Document, Record, RecordError, read_files, read_hub, shard
 from milco_os.documents import build_source
-from milco_os.engines.base import (
-    MAX_ID_BYTES,
-    BulkFailure,
-    Engine,
-    EngineError,
-    TransientEngineError,
-    bulk_lines,
-    id_problem,
-)
-from milco_os.errors import InputError, MilcoOSError
+from milco_os.engines.base import MAX_ID_BYTES, BulkFailure, Engine, bulk_lines, id_problem
+from milco_os.errors import EngineError, InputError, MilcoOSError, TransientEngineError
 from milco_os.passages import PassageSplitter
 from milco_os.retry import RetryPolicy, is_transient
 from milco_os.sparse import VIEWS, SparseVector, SparseView

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
+from milco_os.errors import TransientEngineError
+
 
 def is_transient(status: int) -> bool:
     """Whether a failed request may succeed when retried (too many requests, server errors)."""
@@ -37,8 +39,6 @@ class RetryPolicy:
 
     def retrying(self) -> Retrying:
         """A tenacity ``Retrying`` that retries transient engine errors under this policy."""
-        from milco_os.engines.base import TransientEngineError
-
         return Retrying(retry=retry_if_exception_type(TransientEngineError),
                         wait=wait_random_exponential(multiplier=self.base, max=self.max_wait),
                         stop=stop_after_attempt(self.attempts), reraise=True)

@@ -37,6 +37,7 @@ import yaml
 
 from milco_os.corpus import FieldMap
 from milco_os.errors import InputError
+from milco_os.models.locations import DEFAULT_MODEL
 from milco_os.pruning import Pruning
 from milco_os.sparse import VIEWS
 
@@ -97,7 +98,7 @@ class EncodeFields:
 class IngestSpec:
     index: str
     source: Source = field(default_factory=Source)
-    model: str | None = "milco-small"  # the shipped model; `model: null` for pre-encoded corpora
+    model: str | None = DEFAULT_MODEL  # `model: null` for pre-encoded corpora
     max_length: int | None = None
     passages: Passages = field(default_factory=Passages)
     encode: EncodeFields = field(default_factory=EncodeFields)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from milco_os.engines.base import EngineError
 from milco_os.engines.local import LocalEngine
+from milco_os.errors import EngineError
 from milco_os.query import SparseQuery
 from milco_os.sparse import SparseVector
 

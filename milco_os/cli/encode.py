@@ -11,12 +11,13 @@ import click
 
 from milco_os.cli.options import BACKEND, DEVICE, PRUNE, load_encoder
 from milco_os.errors import InputError
+from milco_os.models.locations import DEFAULT_MODEL
 
 TOP_TERMS = 20
 
 
 @click.command()
-@click.option("--model", "model_path", default="milco-small", show_default=True,
+@click.option("--model", "model_path", default=DEFAULT_MODEL, show_default=True,
               help="Model folder, named model (milco-small) or hub id.")
 @click.option("--kind", type=click.Choice(["query", "document"]), default="query",
               show_default=True, help="Encode as queries (64 tokens) or documents (512).")

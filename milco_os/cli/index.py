@@ -15,6 +15,7 @@ from milco_os.cli.options import PRUNE, connection_options
 from milco_os.connection import ConnectionSettings
 from milco_os.engines.approximate import BuildSettings
 from milco_os.errors import InputError
+from milco_os.models.locations import DEFAULT_MODEL
 from milco_os.sparse import VIEWS
 
 
@@ -50,7 +51,7 @@ def index() -> None:
 
 @index.command()
 @click.argument("name")
-@click.option("--model", default="milco-small", show_default=True,
+@click.option("--model", default=DEFAULT_MODEL, show_default=True,
               help="Model folder, named model or hub id the index is built with "
                    "(recorded in _meta; search uses it by default).")
 @click.option("--views", default="pivot,echo", show_default=True, callback=_views,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from milco_os.errors import InputError
+from milco_os.models.locations import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     from milco_os.models.base import SparseModel
@@ -38,7 +39,7 @@ def init(preset: str, out_dir: str, seed: int, force: bool) -> None:
 
 
 @model.command("pull")
-@click.argument("name", type=click.Choice(["milco-small"]))
+@click.argument("name", type=click.Choice([DEFAULT_MODEL]))
 @click.option("--force", is_flag=True, help="Assemble again even when the cache holds it.")
 def pull(name: str, force: bool) -> None:
     """Assemble named model NAME into the cache ($MILCO_OS_HOME/models, default

@@ -107,6 +107,17 @@ BACKEND = click.option(
          "for queries on the CPU, else torch.")
 
 
+def index_model(engine: Any, index: str, model: str | None, force: bool = False) -> str:
+    """``model``, else the model ``index`` records (:func:`~milco_os.compatibility.
+    model_for_index`); a forced mismatch is a ``warning:`` line."""
+    from milco_os.compatibility import model_for_index
+
+    chosen, warnings = model_for_index(index, engine.meta(index), model, force=force)
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+    return chosen
+
+
 def load_encoder(model: str, device: str | None = None, backend: str = AUTO,
                  kind: str = "query") -> Any:
     """The encoder of ``model`` (:func:`milco_os.encoders.load_encoder`); any failure is one

@@ -18,9 +18,9 @@ from milco_os.cli.options import (
     PRUNE,
     UNIT_INTERVAL,
     connection_options,
+    index_model,
     load_encoder,
 )
-from milco_os.compatibility import check_index
 from milco_os.connection import ConnectionSettings
 from milco_os.errors import InputError
 from milco_os.query import MODES, TWO_PHASE_EXPANSION_RATE, TWO_PHASE_PRUNE_RATIO
@@ -49,22 +49,6 @@ def _query_batches(texts: tuple[str, ...]) -> Iterator[list[str]]:
             yield [line.strip()]
     if not found:
         raise click.UsageError("no query: give TEXT arguments or lines on standard input")
-
-
-def _model_of(engine: Any, index: str, model: str | None, force: bool = False) -> str:
-    """``model``, else the model recorded in the index's ``_meta``.
-
-    Queries encoded by another model than the documents score meaninglessly, so a
-    mismatch is refused (or only warned about with ``force``).
-    """
-    meta = engine.meta(index)
-    for warning in check_index(index, meta, model=model, force=force):
-        click.echo(f"warning: {warning}", err=True)
-    if model:
-        return model
-    if not meta.get("model"):
-        raise InputError(f"index {index!r} records no model in its _meta: pass --model")
-    return meta["model"]
 
 
 _query_options = [
@@ -142,7 +126,7 @@ def search(texts: tuple[str, ...], index_name: str, model: str | None, k: int,
     """
     from milco_os.search import Searcher
 
-    encoder = load_encoder(_model_of(engine, index_name, model, force), device, backend)
+    encoder = load_encoder(index_model(engine, index_name, model, force), device, backend)
     searcher = Searcher(engine, index_name, encoder, options)
     for queries in _query_batches(texts):
         for text, vector in zip(queries, searcher.encode(queries), strict=True):
@@ -198,7 +182,7 @@ def dsl(text: str, model: str | None, index_name: str | None, k: int, options: A
     if not text.strip():
         raise InputError("empty query: give a TEXT with at least one word")
     engine = open_engine(settings, settings.engine) if index_name else None
-    encoder = load_encoder(_model_of(engine, index_name, model) if engine else model, device,
+    encoder = load_encoder(index_model(engine, index_name, model) if engine else model, device,
                            backend)
     [vector] = encoder.encode([text], kind="query")
     query = options.query(vector, text)

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from milco_os.cli.options import BACKEND, PRUNE, connection_options
+from milco_os.cli.options import BACKEND, PRUNE, connection_options, index_model
 from milco_os.connection import ConnectionSettings
 
 
@@ -94,14 +94,13 @@ def _require_serve_extra() -> None:
 def _engine(settings: ConnectionSettings, model: str, indexes: tuple[str, ...],
             force: bool) -> Any:
     """The engine /dsl and /search use; each --index must exist and match the model."""
-    from milco_os.cli.search import _model_of
     from milco_os.connection import ConnectionSettingsError
     from milco_os.engines import EngineError, open_engine
 
     try:
         engine = open_engine(settings)
         for index in indexes:
-            _model_of(engine, index, model, force)
+            index_model(engine, index, model, force)
     except (EngineError, ConnectionSettingsError) as exc:
         raise click.ClickException(str(exc)) from None
     return engine

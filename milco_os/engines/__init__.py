@@ -9,21 +9,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from milco_os.connection import ConnectionSettings, NoClusterError
-from milco_os.engines.base import (
-    BulkFailure,
-    Engine,
-    EngineError,
-    Hit,
-    IndexNotFoundError,
-    MissingAnalyzersWarning,
-    TransientEngineError,
-)
-
-ENGINE_NAMES = ("opensearch", "elasticsearch", "local")
+from milco_os.connection import ENGINES, ConnectionSettings, NoClusterError
+from milco_os.engines.base import BulkFailure, Engine, Hit, MissingAnalyzersWarning
+from milco_os.errors import EngineError, IndexNotFoundError, TransientEngineError
 
 __all__ = [
-    "ENGINE_NAMES",
+    "ENGINES",
     "BulkFailure",
     "Engine",
     "EngineError",
@@ -51,8 +42,8 @@ def open_engine(
     fallback; a local cluster that was started but does not answer is an error, never
     a silent switch to the local engine.
     """
-    if engine not in (None, *ENGINE_NAMES):
-        raise ValueError(f"unknown engine {engine!r}; expected one of {ENGINE_NAMES}")
+    if engine not in (None, *ENGINES):
+        raise ValueError(f"unknown engine {engine!r}; expected one of {ENGINES}")
     settings = settings or ConnectionSettings.from_env()
     wants_local = engine == "local" or (
         engine is None and (local_path is not None or settings.engine == "local")

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from milco_os.errors import InputError, ServiceError
+from milco_os.errors import EngineError, InvalidIndexNameError
 
 if TYPE_CHECKING:
     from milco_os.query import SparseQuery
@@ -55,41 +55,8 @@ class BulkFailure:
     reason: str
 
 
-class EngineError(ServiceError):
-    """A request the engine refused; retrying it unchanged will not help.
-
-    ``status`` is the HTTP status of the refusal, when there was one.
-    """
-
-    exit_code = 1
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class TransientEngineError(EngineError):
-    """The whole request failed (429, 5xx, timeout, connection): the caller retries."""
-
-    exit_code = 3
-
-
-class IndexNotFoundError(EngineError):
-    """The index does not exist."""
-
-
 class MissingAnalyzersWarning(UserWarning):
     """The cluster lacks the language analyzers: ``text`` is indexed with ``standard`` only."""
-
-
-class IndexExistsError(EngineError):
-    """The index already exists (e.g. another worker created it a moment ago)."""
-
-
-class InvalidIndexNameError(EngineError, InputError):
-    """A name that is not exactly one concrete index."""
-
-    exit_code = 2
 
 
 def id_problem(engine_id: str) -> str | None:

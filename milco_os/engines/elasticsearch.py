@@ -32,8 +32,8 @@ from urllib.parse import urlencode
 from elastic_transport import ConnectionError as ESConnectionError
 from elastic_transport import ConnectionTimeout
 
-from milco_os.engines.base import EngineError, TransientEngineError
 from milco_os.engines.cluster import ClusterEngine, classify_error
+from milco_os.errors import EngineError, TransientEngineError
 
 TERM_QUERY_CLAUSES = 1024  # 8.x sizes its limit from the heap, never below 1024
 

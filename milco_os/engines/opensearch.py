@@ -15,8 +15,8 @@ from typing import Any
 from opensearchpy.exceptions import ConnectionError as OSConnectionError
 from opensearchpy.exceptions import TransportError
 
-from milco_os.engines.base import EngineError, TransientEngineError
 from milco_os.engines.cluster import ClusterEngine, classify_error
+from milco_os.errors import EngineError, TransientEngineError
 from milco_os.query import CLAUSE_SETTING, DEFAULT_MAX_CLAUSE_COUNT
 
 NEURAL_SEARCH_PLUGIN = "opensearch-neural-search"

@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from milco_os.compatibility import check_index
+from milco_os.compatibility import model_for_index
 from milco_os.datasets import EvalDataset
-from milco_os.engines.base import Engine, EngineError
-from milco_os.errors import InputError, MilcoOSError
+from milco_os.engines.base import Engine
+from milco_os.errors import EngineError, InputError, MilcoOSError
 from milco_os.evaluation.bm25 import BM25Searcher
 from milco_os.evaluation.runfiles import read_trec_run, save_evaluation
 from milco_os.evaluation.scoring import DEFAULT_METRICS, Evaluation, evaluate, parse_metrics
@@ -198,11 +198,7 @@ class Sweep:
     def _encoder(self, index: str) -> Any:
         if None in self.encoders:
             return self.encoders[None]
-        meta = self.engine.meta(index)
-        check_index(index, meta, model=self.model)  # queries of another model score nothing
-        model = self.model or meta.get("model")
-        if not model:
-            raise InputError(f"index {index!r} records no model: give a model (--model)")
+        model, _ = model_for_index(index, self.engine.meta(index), self.model)
         return self._load(model)
 
     def _load(self, model: str, kind: str = "query") -> Any:

