@@ -1,12 +1,13 @@
 """Bulk ingestion: corpus records -> passages -> sparse vectors -> engine documents.
 
 The pipeline streams the corpus (never holding it all), encodes passages in
-batches on the calling thread, and uploads on a background thread so that
-encoding and bulk requests overlap. Bulk requests are bounded by documents and
-by the exact bytes of the body sent, and retried under :class:`~milco_os.retry.RetryPolicy`
-on 429/5xx/timeouts; documents the engine refuses (or a request it refuses
-whole, which is split until the refused document is found) are collected with
-their reason, so a bad record costs only itself. Engine ids are deterministic
+batches on the calling thread, serialises each engine document once, and hands
+them to :mod:`milco_os.engines.bulk`, whose background thread packs requests
+(bounded by documents and by the exact bytes of the body sent) and sends them
+under :class:`~milco_os.retry.RetryPolicy` while encoding goes on; documents the
+engine refuses (or a request it refuses whole, which is split until the refused
+document is found) are collected with their reason, so a bad record costs only
+itself. Engine ids are deterministic
 (``<doc_id>#<passage>``), so a re-run overwrites instead of duplicating and
 ``resume=True`` skips what is already indexed.
 
@@ -35,10 +36,9 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -49,19 +49,17 @@ from tqdm.auto import tqdm
 from milco_os.compatibility import check_index
 from milco_os.corpus import Document, Record, RecordError, read_files, read_hub, shard
 from milco_os.documents import build_source
-from milco_os.engines.base import MAX_ID_BYTES, BulkFailure, Engine, bulk_lines, id_problem
+from milco_os.engines.base import MAX_ID_BYTES, BulkDocument, Engine, id_problem
+from milco_os.engines.bulk import BulkSender, Uploader
 from milco_os.errors import EngineError, InputError, MilcoOSError, TransientEngineError
 from milco_os.passages import PassageSplitter
-from milco_os.retry import RetryPolicy, is_transient
+from milco_os.retry import RetryPolicy
 from milco_os.sparse import VIEWS, SparseVector, SparseView
 from milco_os.spec import IngestSpec
 
 log = logging.getLogger(__name__)
 
 MAX_ERRORS_KEPT = 20
-# Statuses of a bulk request refused whole because of what it holds (a malformed action,
-# an id too long, a body too large): split it, so only the offending documents fail.
-WHOLE_REQUEST_REFUSALS = (400, 413)
 
 
 class IngestError(MilcoOSError, RuntimeError):
@@ -121,6 +119,11 @@ class IngestReport:
                 self.errors.append(message)
             if sink is not None:
                 sink.write(json.dumps({"error": message}, ensure_ascii=False) + "\n")
+
+    def count_retries(self, n: int) -> None:
+        """Requests or documents sent again (the uploader thread counts them)."""
+        with self._lock:
+            self.retries += n
 
     def term_stats(self) -> dict[str, dict[str, float]]:
         """Terms per indexed document, per view: mean and 95th percentile."""
@@ -211,12 +214,16 @@ class Ingestor:
 
     def _load(self, records: Iterable[Record], report: IngestReport) -> None:
         sink = self.error_log.open("a", encoding="utf-8") if self.error_log else None
-        uploader = _Uploader(self, report, sink)
+        uploader = Uploader(self._flush_to(report, sink), self.spec.batch.bulk_docs,
+                            self.spec.batch.bulk_bytes)
         bar = tqdm(desc=f"ingest {self.spec.index}", unit="doc", disable=not self.progress,
                    dynamic_ncols=True)
         stopped: IngestError | None = None
         try:
             for batch in self._batches(shard(records, *self.shard_of), report, sink):
+                if uploader.error is not None:  # stop reading: nothing more can be sent
+                    raise IngestError(f"bulk upload failed: {uploader.error}", report) \
+                        from uploader.error
                 uploader.put(self._encode(batch, report, sink))
                 self._show(bar, report)
         except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM turned into one by the CLI
@@ -238,6 +245,22 @@ class Ingestor:
             raise IngestError(f"ingest of {self.spec.index!r} stopped: {uploader.error}. "
                               "Fix the cause and re-run with --resume.", report) \
                 from uploader.error
+
+    def _flush_to(self, report: IngestReport, sink: TextIO | None
+                  ) -> Callable[[list[BulkDocument]], None]:
+        """What the uploader does with each request: send it, count what was indexed,
+        record every refusal with its reason."""
+        sender = BulkSender(self.engine, self.spec.index, self.policy, report.count_retries)
+
+        def flush(chunk: list[BulkDocument]) -> None:
+            failures = sender.send(chunk)
+            with report._lock:
+                report.indexed += len(chunk) - len(failures)
+            for failure in failures:
+                report.record_error(f"engine refused {failure.id!r} ({failure.status}): "
+                                    f"{failure.reason}", sink)
+
+        return flush
 
     @staticmethod
     def _show(bar: tqdm, report: IngestReport) -> None:
@@ -344,9 +367,10 @@ class Ingestor:
             yield batch
 
     def _encode(self, batch: list[_Passage], report: IngestReport, sink: TextIO | None
-                ) -> list[tuple[str, dict[str, Any], int]]:
+                ) -> list[BulkDocument]:
+        """The engine documents of a batch of passages, each serialised once."""
         vectors = self._vectors(batch, report, sink)
-        sources = []
+        documents = []
         for passage, vector in zip(batch, vectors, strict=True):
             if vector is None:
                 continue
@@ -361,14 +385,14 @@ class Ingestor:
                 report.record_error(f"document {doc.id!r} passage {passage.number}: {exc}", sink)
                 continue
             try:
-                size = len(bulk_lines(self.spec.index, passage.id, source))
+                document = BulkDocument.of(self.spec.index, passage.id, source)
             except ValueError as exc:  # NaN/inf reached the source: not JSON
                 report.record_error(f"document {doc.id!r} passage {passage.number}: {exc}", sink)
                 continue
             for view in VIEWS:
                 report.terms[view].append(len(source[view]))
-            sources.append((passage.id, source, size))
-        return sources
+            documents.append(document)
+        return documents
 
     def _vectors(self, batch: list[_Passage], report: IngestReport, sink: TextIO | None
                  ) -> list[SparseVector | None]:
@@ -394,89 +418,3 @@ class Ingestor:
     def _encode_texts(self, texts: Sequence[str]) -> list[SparseVector]:
         return self.encoder.encode(list(texts), kind="document", max_length=self.spec.max_length,
                                    batch_size=self.spec.batch.encode)
-
-    # ------------------------------------------------------------------ upload
-
-    def send(self, docs: list[tuple[str, dict[str, Any]]], report: IngestReport
-             ) -> list[BulkFailure]:
-        """One bulk request, retried as a whole on transient errors, then item by item
-        for documents refused with 429 (queue full) or 5xx (e.g. a shard moving). A
-        request refused whole for one bad document is split until that document is found,
-        so it alone fails."""
-        pending: list[tuple[str, dict[str, Any]]] = docs
-        failures: list[BulkFailure] = []
-        retry: dict[str, BulkFailure] = {}
-        for attempt in range(self.policy.attempts):
-            failed = self._bulk(pending, report)
-            retry = {f.id: f for f in failed if is_transient(f.status)}
-            failures.extend(f for f in failed if not is_transient(f.status))
-            pending = [d for d in pending if d[0] in retry]
-            if not pending or attempt + 1 == self.policy.attempts:
-                break
-            report.retries += 1
-            time.sleep(self.policy.delay(attempt))
-        return failures + [BulkFailure(i, retry[i].status, f"still refused after "
-                                       f"{self.policy.attempts} attempts: {retry[i].reason}")
-                           for i, _ in pending]
-
-    def _bulk(self, docs: list[tuple[str, dict[str, Any]]], report: IngestReport
-              ) -> list[BulkFailure]:
-        """One request (whole-request retries included); a refused request is bisected."""
-        try:
-            return self.retrying(self.engine.bulk_index, self.spec.index, docs)
-        except EngineError as exc:
-            if exc.status not in WHOLE_REQUEST_REFUSALS:
-                raise
-            if len(docs) == 1:  # refused whole for this document, e.g. an id too long
-                return [BulkFailure(docs[0][0], 400, str(exc))]
-            half = len(docs) // 2
-            return self._bulk(docs[:half], report) + self._bulk(docs[half:], report)
-        finally:
-            report.retries += self.retrying.statistics.get("attempt_number", 1) - 1
-
-
-class _Uploader:
-    """A background thread that packs sources into bulk requests and sends them."""
-
-    def __init__(self, ingestor: Ingestor, report: IngestReport, sink: TextIO | None) -> None:
-        self.ingestor, self.report, self.sink = ingestor, report, sink
-        self.queue: queue.Queue[list | None] = queue.Queue(maxsize=4)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._loop, name="milco-os-bulk", daemon=True)
-        self.thread.start()
-
-    def put(self, sources: list[tuple[str, dict[str, Any], int]]) -> None:
-        if self.error is not None:
-            raise IngestError(f"bulk upload failed: {self.error}", self.report) from self.error
-        self.queue.put(sources)
-
-    def close(self) -> None:
-        self.queue.put(None)
-        self.thread.join()
-
-    def _loop(self) -> None:
-        limits = self.ingestor.spec.batch
-        chunk: list[tuple[str, dict[str, Any]]] = []
-        size = 0
-        while (sources := self.queue.get()) is not None:
-            if self.error is not None:
-                continue  # drain, so the producer is never blocked on a dead consumer
-            for doc_id, source, nbytes in sources:
-                if chunk and (len(chunk) >= limits.bulk_docs or size + nbytes > limits.bulk_bytes):
-                    self._flush(chunk)
-                    chunk, size = [], 0
-                chunk.append((doc_id, source))
-                size += nbytes
-        if chunk and self.error is None:
-            self._flush(chunk)
-
-    def _flush(self, chunk: list[tuple[str, dict[str, Any]]]) -> None:
-        try:
-            failures = self.ingestor.send(chunk, self.report)
-        except Exception as exc:  # retries exhausted, or a bug: stop ingesting, keep counts
-            self.error = exc
-            return
-        self.report.indexed += len(chunk) - len(failures)
-        for failure in failures:
-            self.report.record_error(f"engine refused {failure.id!r} ({failure.status}): "
-                                     f"{failure.reason}", self.sink)

@@ -22,10 +22,13 @@ from milco_os.cli import main
 from milco_os.connection import ConnectionSettings
 from milco_os.corpus import CorpusFileError, read_files
 from milco_os.engines import open_engine
+from milco_os.engines.base import BulkDocument
+from milco_os.engines.bulk import BulkSender
 from milco_os.engines.cluster import classify_error
 from milco_os.engines.opensearch import OpenSearchEngine
 from milco_os.errors import IncompatibleIndexError
 from milco_os.ingest import IngestError, Ingestor
+from milco_os.retry import RetryPolicy
 from milco_os.spec import BatchSizes, EngineSettings, IngestSpec
 
 pytestmark = pytest.mark.cluster
@@ -88,13 +91,12 @@ def test_an_id_too_long_costs_only_its_record(cluster_url, index_name, tmp_path)
 def test_a_request_refused_whole_is_split_until_the_bad_document(cluster_url,
                                                                  index_name) -> None:
     engine = engine_for(cluster_url)
-    ingestor = Ingestor(engine, IngestSpec(index=index_name), progress=False)
     engine.create_index(index_name, meta=IngestSpec(index=index_name).describe())
     docs = [(f"d{i}#0", {"doc_id": f"d{i}", "passage": 0, "pivot": {"a": 1.0}, "echo": {}})
             for i in range(7)]
     docs.insert(3, ("y" * 700, docs[0][1]))  # the engine refuses the whole bulk request
-    report = ingestor.run([])
-    failures = ingestor.send(docs, report)
+    sender = BulkSender(engine, index_name, RetryPolicy(attempts=2))
+    failures = sender.send([BulkDocument.of(index_name, i, source) for i, source in docs])
     assert [f.id for f in failures] == ["y" * 700]
     engine.refresh(index_name)
     assert engine.count(index_name) == 7

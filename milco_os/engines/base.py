@@ -67,14 +67,20 @@ def id_problem(engine_id: str) -> str | None:
     return None
 
 
-def bulk_lines(index: str, doc_id: str, source: dict[str, Any]) -> bytes:
-    """The exact bytes one document adds to a ``_bulk`` body (action and source lines).
+@dataclass(frozen=True)
+class BulkDocument:
+    """One document of a bulk request, with the bytes it adds to the request body."""
 
-    Raises ``ValueError`` when a value is NaN or infinite (not JSON).
-    """
-    action = json.dumps({"index": {"_index": index, "_id": doc_id}}, ensure_ascii=False)
-    line = json.dumps(source, ensure_ascii=False, allow_nan=False)
-    return f"{action}\n{line}\n".encode()
+    id: str
+    source: dict[str, Any]
+    lines: bytes  # the action and source lines, UTF-8
+
+    @classmethod
+    def of(cls, index: str, doc_id: str, source: dict[str, Any]) -> BulkDocument:
+        """Serialise once; ``ValueError`` when a value is NaN or infinite (not JSON)."""
+        action = json.dumps({"index": {"_index": index, "_id": doc_id}}, ensure_ascii=False)
+        line = json.dumps(source, ensure_ascii=False, allow_nan=False)
+        return cls(doc_id, source, f"{action}\n{line}\n".encode())
 
 
 _FORBIDDEN_IN_NAMES = '\\/*?"<>| ,#:'
@@ -146,6 +152,11 @@ class Engine(ABC):
 
         Raises :class:`TransientEngineError` when the whole request must be retried.
         """
+
+    def bulk_send(self, index: str, documents: Sequence[BulkDocument]) -> list[BulkFailure]:
+        """:meth:`bulk_index` for documents already serialised (a cluster sends their
+        bytes as they are; other engines take their sources)."""
+        return self.bulk_index(index, [(d.id, d.source) for d in documents])
 
     @abstractmethod
     def existing_ids(self, index: str, ids: Sequence[str]) -> set[str]: ...

@@ -19,11 +19,11 @@ from urllib.parse import quote
 from milco_os.connection import ConnectionSettings
 from milco_os.engines.base import (
     TEXT_FIELDS,
+    BulkDocument,
     BulkFailure,
     Engine,
     Hit,
     MissingAnalyzersWarning,
-    bulk_lines,
     check_index_name,
 )
 from milco_os.errors import EngineError, IndexExistsError, IndexNotFoundError, TransientEngineError
@@ -230,18 +230,21 @@ class ClusterEngine(Engine):
     def bulk_index(
         self, index: str, docs: Sequence[tuple[str, dict[str, Any]]]
     ) -> list[BulkFailure]:
-        check_index_name(index)
-        parts, failures = [], []
+        documents, failures = [], []
         for doc_id, source in docs:
             try:  # NaN/inf are not JSON: refuse that document alone, as the engine would
-                parts.append(bulk_lines(index, doc_id, source))
+                documents.append(BulkDocument.of(index, doc_id, source))
             except ValueError as exc:
                 failures.append(BulkFailure(
                     doc_id, 400, f"mapper_parsing_exception: a value is NaN or infinite ({exc})"))
-        if not parts:
-            return failures
-        # The clients send a str as its UTF-8 bytes: exactly the bytes bulk_lines counted.
-        answer = self.request("POST", "/_bulk", b"".join(parts).decode("utf-8"), ndjson=True)
+        return failures + (self.bulk_send(index, documents) if documents else [])
+
+    def bulk_send(self, index: str, documents: Sequence[BulkDocument]) -> list[BulkFailure]:
+        check_index_name(index)
+        # The clients send a str as its UTF-8 bytes: exactly the bytes each document counted.
+        body = b"".join(d.lines for d in documents).decode("utf-8")
+        answer = self.request("POST", "/_bulk", body, ndjson=True)
+        failures: list[BulkFailure] = []
         if not answer.get("errors"):
             return failures
         for item in answer["items"]:
