@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import matplotlib
@@ -35,8 +36,16 @@ from milco_os.evaluation import evaluate, exact_run, exact_scores  # noqa: E402
 from milco_os.pruning import Pruning  # noqa: E402
 
 LEVELS = ["none", "mass:0.3", "mass:0.5", "mass:0.7", "mass:0.85", "mass:0.95",
-          "topk:128", "topk:64", "topk:32", "topk:16"]
+          "topk:128", "topk:64", "topk:48", "topk:32", "topk:16",
+          "threshold:0.05", "threshold:0.1", "threshold:0.2", "threshold:0.3"]
 RESULTS = REPO / "bench" / "results"
+
+
+def most_common_pivot_term(vectors: list) -> tuple[str, float]:
+    """The pivot term in most documents, and the share of documents it is in."""
+    counts = Counter(term for v in vectors for term in v.pivot.terms)
+    term, n = counts.most_common(1)[0] if counts else ("", 0)
+    return term, n / max(1, len(vectors))
 
 
 def effectiveness(model: str, langs: list[str]) -> dict[str, dict[str, float]]:
@@ -54,16 +63,20 @@ def effectiveness(model: str, langs: list[str]) -> dict[str, dict[str, float]]:
                           data.queries, data.qrels, [eval_xling.METRIC])
         mean = result.average[eval_xling.METRIC]
         terms = np.mean([len(v.pivot) + len(v.echo) for v in pruned])
+        common, share = most_common_pivot_term(pruned)
         table[level] = {"ndcg@10": mean, "terms_per_doc": float(terms),
+                        "pivot_terms_per_doc": float(np.mean([len(v.pivot) for v in pruned])),
+                        "most_common_pivot_term": common, "its_document_share": share,
                         **{f"ndcg@10_{lang}": scores[eval_xling.METRIC]
                            for lang, scores in result.per_language.items()}}
-        print(f"{level:10s} terms/doc {terms:7.1f}  mean nDCG@10 {mean:.3f}")
+        print(f"{level:14s} terms/doc {terms:7.1f}  mean nDCG@10 {mean:.3f}  most common "
+              f"pivot term {common!r} in {share:.1%} of documents")
     return table
 
 
 def plot_effectiveness(table: dict[str, dict[str, float]], out: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
-    for family, marker in (("mass", "o"), ("topk", "s")):
+    for family, marker in (("mass", "o"), ("topk", "s"), ("threshold", "^")):
         points = sorted((v["terms_per_doc"], v["ndcg@10"], k) for k, v in table.items()
                         if k.startswith(family) or k == "none")
         ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, label=family)

@@ -42,15 +42,15 @@ class FlakyEngine:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.engine, name)
 
-    def bulk_index(self, index: str, docs):
+    def bulk_send(self, index: str, documents):
         self.calls += 1
         if self.calls in self.fail_calls or (self.die_after and self.calls > self.die_after):
             raise TransientEngineError("injected 503")
-        rejected = [d for d in docs if d[0] in self.reject_once]
-        self.reject_once -= {d[0] for d in rejected}
-        kept = [d for d in docs if d not in rejected]
-        return self.engine.bulk_index(index, kept) + [
-            BulkFailure(d[0], 429, "injected es_rejected_execution_exception") for d in rejected]
+        rejected = [d for d in documents if d.id in self.reject_once]
+        self.reject_once -= {d.id for d in rejected}
+        kept = [d for d in documents if d not in rejected]
+        return self.engine.bulk_send(index, kept) + [
+            BulkFailure(d.id, 429, "injected es_rejected_execution_exception") for d in rejected]
 
 
 def run(engine, spec: IngestSpec, path: Path, **kwargs):
