@@ -48,9 +48,12 @@ def most_common_pivot_term(vectors: list) -> tuple[str, float]:
     return term, n / max(1, len(vectors))
 
 
-def effectiveness(model: str, langs: list[str]) -> dict[str, dict[str, float]]:
-    data = eval_xling.ntrex_heldout(eval_xling.Holdout.from_config(eval_xling.DEFAULT_CONFIG),
-                                    langs)
+SETS = {"ntrex": eval_xling.ntrex_heldout, "paragraphs": eval_xling.ntrex_paragraphs_heldout}
+
+
+def effectiveness(model: str, langs: list[str], held_out: str = "ntrex"
+                  ) -> dict[str, dict[str, float]]:
+    data = SETS[held_out](eval_xling.Holdout.from_config(eval_xling.DEFAULT_CONFIG), langs)
     encoder = SparseEncoder.from_pretrained(model, device="cpu")
     docs = list(data.corpus(None)())
     doc_vectors = encoder.encode([d.text for d in docs], kind="document")
@@ -115,13 +118,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--langs", default=",".join(eval_xling.LANGUAGES))
+    parser.add_argument("--set", dest="held_out", choices=sorted(SETS), default="ntrex",
+                        help="held-out lines (ntrex) or paragraphs of 3 lines (paragraphs)")
     args = parser.parse_args()
-    table = effectiveness(args.model, args.langs.split(","))
-    record = {"benchmark": "pruning_curve", "model": args.model,
+    table = effectiveness(args.model, args.langs.split(","), args.held_out)
+    record = {"benchmark": "pruning_curve", "model": args.model, "set": args.held_out,
               "command": " ".join(["python", "bench/pruning_curve.py", *sys.argv[1:]]),
               "levels": table}
-    (RESULTS / "pruning_curve.json").write_text(json.dumps(record, indent=1))
-    plot_effectiveness(table, RESULTS / "pruning_curve.png")
+    name = "pruning_curve" if args.held_out == "ntrex" else f"pruning_curve_{args.held_out}"
+    (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=1))
+    plot_effectiveness(table, RESULTS / f"{name}.png")
     plot_latency(json.loads((RESULTS / "query.json").read_text()),
                  RESULTS / "latency_vs_pruning.png")
 
