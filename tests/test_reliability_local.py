@@ -165,8 +165,7 @@ def test_a_full_disk_names_the_file_leaves_no_partial_segment_and_reports(tmp_pa
 
     write_corpus(tmp_path / "c.jsonl", 100)
     engine = LocalEngine(tmp_path / "engine")
-    engine.create_index("full", meta={"model": "milco-small", "views": ["pivot", "echo"],
-                                      "pruning": "none"}, refresh_interval="5s")
+    engine.create_index("full", meta=IngestSpec(index="full").describe(), refresh_interval="5s")
     savez, written = np.savez, []
 
     def fill_the_disk(path, **arrays):
@@ -200,8 +199,8 @@ def _records_while_another_run_loads(corpus, other) -> Iterator:
 def test_overlapping_ingests_restore_the_owners_refresh_interval(tmp_path) -> None:
     write_corpus(tmp_path / "c.jsonl", 40)
     engine = LocalEngine(tmp_path / "engine")
-    engine.create_index("owned", meta={"model": "milco-small", "views": ["pivot", "echo"],
-                                       "pruning": "none"}, refresh_interval="5s")
+    engine.create_index("owned", meta=IngestSpec(index="owned").describe(),
+                        refresh_interval="5s")
     spec = IngestSpec(index="owned", batch=BatchSizes(encode=5, bulk_docs=5))
     seen_by_second = []
 
@@ -230,3 +229,20 @@ def test_the_spec_pruning_is_the_one_applied_and_recorded(tmp_path) -> None:
     assert len(source["pivot"]) == 3 and len(source["echo"]) == 1
     with pytest.raises(SpecError, match="prune: bad pruning spec 'top:3'"):
         IngestSpec(index="pruned", prune="top:3")
+
+
+def test_without_a_prune_setting_milco_small_documents_keep_32_terms_per_view(tmp_path) -> None:
+    """The recommended document pruning of milco-small (bench/pruning_curve.py), recorded in
+    _meta; any other model, or ``prune: none``, keeps every term."""
+    rows = write_corpus(tmp_path / "c.jsonl", 4)  # 20 pivot terms each: add 20 more
+    for row in rows:
+        row["pivot"].update({f"extra{j}": 0.01 * (j + 1) for j in range(20)})
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    engine = LocalEngine(tmp_path / "engine")
+    for index, settings, kept in (("small", {}, 32), ("exact", {"prune": "none"}, 40),
+                                  ("other", {"model": "another-model"}, 40)):
+        Ingestor(engine, IngestSpec(index=index, **settings), progress=False).run(
+            read_files([tmp_path / "c.jsonl"]))
+        source = engine.get_sources(index, ["doc-1#0"])["doc-1#0"]
+        assert len(source["pivot"]) == kept, index
+        assert engine.meta(index)["pruning"] == ("topk:32" if kept == 32 else "none")

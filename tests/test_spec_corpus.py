@@ -22,7 +22,8 @@ def test_every_shipped_spec_loads() -> None:
     for path in specs:
         spec = IngestSpec.load(path)
         assert spec.index == path.stem
-        assert str(spec.prune) == "none"  # nothing pruned unless a spec says so
+        # unless a spec says otherwise, the model's recommended document pruning
+        assert str(spec.pruning) == ("topk:32" if spec.model == "milco-small" else "none")
         assert spec.source.files or spec.source.hub
 
 

@@ -88,7 +88,7 @@ def ingest(index: str, spec_path: str | None, inputs: tuple[str, ...], model: st
     encoder = _encoder(spec.model, device, lazy=pre_encoded and not spec.passages.window)
     engine = open_engine(settings)
     click.echo(f"ingesting into {engine.name} index {spec.index!r} "
-               f"(model {spec.model or 'none: pre-encoded vectors'}, prune {spec.prune})",
+               f"(model {spec.model or 'none: pre-encoded vectors'}, prune {spec.pruning})",
                err=True)
     ingestor = Ingestor(engine, spec, encoder, resume=resume,
                         shard_of=shard_of, progress=not quiet, error_log=errors_out,
