@@ -13,6 +13,8 @@ crash can never leave them out of step with the documents.
 
 >>> tokens("Der Hund schläft; 北京是首都 ひらがな 2024")
 ['der', 'hund', 'schläft', '北', '京', '是', '首', '都', 'ひ', 'ら', 'が', 'な', '2024']
+>>> tokens("L'homme paid $1,000.50 in the U.S. today, a, b")
+["l'homme", 'paid', '1,000.50', 'in', 'the', 'u.s', 'today', 'a', 'b']
 """
 
 from __future__ import annotations
@@ -23,9 +25,13 @@ from collections.abc import Sequence
 import numpy as np
 
 # One token per character: Han ideographs and Hiragana (UAX #29, as Lucene's standard
-# tokenizer); any other run of word characters is one token.
+# tokenizer). Any other run of word characters is one token, joined across an apostrophe,
+# a full stop, a colon or a middle dot between word characters ("l'homme", "u.s.a",
+# UAX #29's MidLetter and MidNumLet) and across a comma or semicolon between digits
+# ("1,000", MidNum).
 _SINGLE = "\u3040-\u309f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_TOKEN = re.compile(rf"[{_SINGLE}]|(?:(?![{_SINGLE}])\w)+")
+_WORD = rf"(?:(?![{_SINGLE}])\w)+"
+_TOKEN = re.compile(rf"[{_SINGLE}]|{_WORD}(?:(?:['\u2019.:\u00b7]|(?<=\d)[,;](?=\d)){_WORD})*")
 K1, B = 1.2, 0.75
 
 
