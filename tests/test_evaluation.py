@@ -19,7 +19,6 @@ from click.testing import CliRunner
 
 from milco_os.cli import main
 from milco_os.connection import ConnectionSettings
-from milco_os.datasets import DatasetError, Query, load_dataset
 from milco_os.encoders import SparseEncoder
 from milco_os.engines import open_engine
 from milco_os.errors import InputError
@@ -38,6 +37,7 @@ from milco_os.evaluation import (
     sweep_systems,
     write_trec_run,
 )
+from milco_os.evaluation.datasets import DatasetError, Query, load_dataset
 from milco_os.ingest import Ingestor
 from milco_os.models.presets import init_model
 from milco_os.search import Searcher

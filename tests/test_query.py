@@ -1,4 +1,4 @@
-"""Query bodies (milco_os.query) and index mappings (milco_os.mappings)."""
+"""Query bodies (milco_os.query) and index mappings (milco_os.engines.mappings)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 
 import milco_os.engines
 import milco_os.engines.local
-import milco_os.mappings
+import milco_os.engines.mappings
 import milco_os.query
 import milco_os.search
-from milco_os.mappings import TEXT_ANALYZERS, index_body, mapping_template
+from milco_os.engines.mappings import TEXT_ANALYZERS, index_body, mapping_template
 from milco_os.query import (
     NEURAL_SPARSE_MAX_WEIGHT,
     EmptyQueryWarning,
@@ -40,7 +40,7 @@ def boosts(body: dict) -> dict[str, float]:
             for c in body["query"]["bool"]["should"] if "rank_feature" in c}
 
 
-@pytest.mark.parametrize("module", [milco_os.query, milco_os.mappings, milco_os.search,
+@pytest.mark.parametrize("module", [milco_os.query, milco_os.engines.mappings, milco_os.search,
                                     milco_os.engines, milco_os.engines.local])
 def test_doctests(module) -> None:
     assert doctest.testmod(module).failed == 0

@@ -91,7 +91,7 @@ def test_tatoeba_corpus_is_the_union_of_held_out_english_and_duplicates_are_all_
 
 
 def test_exported_sets_load_as_beir_folders(shared_dir, tmp_path: Path):
-    from milco_os.datasets import load_dataset
+    from milco_os.evaluation.datasets import load_dataset
 
     holdout = eval_xling.Holdout.from_config(eval_xling.DEFAULT_CONFIG)
     sets = {"tatoeba": eval_xling.tatoeba_heldout(holdout, ["th", "ja"])}

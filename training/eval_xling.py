@@ -46,8 +46,8 @@ import xling_diagnostics as diagnostics  # noqa: E402
 
 from milco_os import evaluation as ev  # noqa: E402
 from milco_os.corpus import Document  # noqa: E402
-from milco_os.datasets import EvalDataset, Qrels, Query  # noqa: E402
 from milco_os.errors import InputError  # noqa: E402
+from milco_os.evaluation.datasets import EvalDataset, Qrels, Query  # noqa: E402
 from milco_os.training.data import ntrex_heldout_mask, ntrex_lines, tatoeba_lines  # noqa: E402
 
 # language: (NTREX-128 code, Tatoeba code)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from milco_os import evaluation as ev
-from milco_os.datasets import EvalDataset
+from milco_os.evaluation.datasets import EvalDataset
 from milco_os.training.noise import noise_term
 
 TOP = 20

@@ -91,8 +91,8 @@ def _evaluate(dataset_spec: str, index: str | None, model: str | None, metrics: 
               plots: Path | None, compare_runs: tuple[Path, ...], device: str | None,
               backend: str, settings: ConnectionSettings) -> None:
     from milco_os import evaluation as ev
-    from milco_os.datasets import load_dataset
     from milco_os.engines import open_engine
+    from milco_os.evaluation.datasets import load_dataset
 
     ev.parse_metrics(metrics)
     dataset = load_dataset(dataset_spec, langs=langs or None, split=split, lang=lang)

@@ -26,8 +26,8 @@ from milco_os.engines.base import (
     MissingAnalyzersWarning,
     check_index_name,
 )
+from milco_os.engines.mappings import TEXT_ANALYZERS, index_body
 from milco_os.errors import EngineError, IndexExistsError, IndexNotFoundError, TransientEngineError
-from milco_os.mappings import TEXT_ANALYZERS, index_body
 from milco_os.query import SparseQuery, bm25_body, build_search_body
 from milco_os.retry import is_transient
 

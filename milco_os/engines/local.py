@@ -62,9 +62,9 @@ from milco_os.engines.approximate import (
     stale_files,
 )
 from milco_os.engines.base import TEXT_FIELDS, BulkFailure, Engine, Hit, best_per_document
+from milco_os.engines.mappings import complete_meta, mapping_template
 from milco_os.engines.text import FieldIndex, best_field_scores
 from milco_os.errors import EngineError, IndexNotFoundError, InvalidIndexNameError
-from milco_os.mappings import complete_meta, mapping_template
 from milco_os.query import SparseQuery, Terms, searched_terms
 from milco_os.sparse import VIEWS
 from milco_os.terms import FLOAT_MIN_NORMAL

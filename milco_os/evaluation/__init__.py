@@ -22,7 +22,7 @@ The data flow, one module per step:
 >>> import tempfile
 >>> from milco_os.engines.local import LocalEngine
 >>> from milco_os.sparse import SparseVector, SparseView
->>> from milco_os.datasets import Query
+>>> from milco_os.evaluation.datasets import Query
 >>> engine = LocalEngine(tempfile.mkdtemp())
 >>> engine.create_index("news", meta={"model": "m", "views": ["pivot"], "pruning": "none"})
 >>> _ = engine.bulk_index("news", [("d1#0", {"doc_id": "d1", "passage": 0,

@@ -9,8 +9,8 @@ from typing import Protocol
 
 import numpy as np
 
-from milco_os.datasets import Query
 from milco_os.engines.base import Hit
+from milco_os.evaluation.datasets import Query
 from milco_os.query import count_terms, sent_terms
 from milco_os.search import Searcher
 

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from milco_os.compatibility import model_for_index
-from milco_os.datasets import EvalDataset
 from milco_os.engines.base import Engine
 from milco_os.errors import EngineError, InputError, MilcoOSError
 from milco_os.evaluation.bm25 import BM25Searcher
+from milco_os.evaluation.datasets import EvalDataset
 from milco_os.evaluation.runfiles import read_trec_run, save_evaluation
 from milco_os.evaluation.scoring import DEFAULT_METRICS, Evaluation, evaluate, parse_metrics
 from milco_os.evaluation.tables import format_table

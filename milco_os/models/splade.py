@@ -9,7 +9,7 @@ from transformers.models.bert.modeling_bert import BertForMaskedLM
 
 from milco_os.models.base import SparseModel
 from milco_os.models.files import copy_tokenizers, resolve_model_dir
-from milco_os.weights import refuse_incomplete
+from milco_os.models.weights import refuse_incomplete
 
 
 class SpladeModel(SparseModel):

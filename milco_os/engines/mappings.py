@@ -3,7 +3,7 @@
 The readable, canonical copies are ``mappings/opensearch.json`` and
 ``mappings/elasticsearch.json`` at the top of the repository, for users who
 create indexes by hand. An installed package has no repository around it, so
-the same mappings are built here in Python; ``tests/test_mappings.py`` keeps the
+the same mappings are built here in Python; ``tests/test_query.py`` keeps the
 two in agreement (the JSON files are the documentation, this module is what
 runs).
 
