@@ -24,6 +24,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "SparseEncoder": "milco_os.encoders",
+    "OnnxSparseEncoder": "milco_os.encoders",
+    "load_encoder": "milco_os.encoders",
     "Pruning": "milco_os.pruning",
     "MilcoConfig": "milco_os.models.milco",
     "MilcoModel": "milco_os.models.milco",
