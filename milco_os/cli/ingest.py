@@ -121,8 +121,8 @@ def _encoder(model: str | None, device: str | None, lazy: bool = False) -> Any:
         check_model(model)  # a bad model stops the command even when no text needs it
         return _LazyEncoder(model, device)
     if not Path(model).exists():
-        click.echo(f"model {model!r} is not a local folder: fetching it by name", err=True)
-    return load_encoder(model, device)
+        click.echo(f"model {model!r} is not a local folder: loading it by name", err=True)
+    return load_encoder(model, device, kind="document")
 
 
 class _LazyEncoder:
