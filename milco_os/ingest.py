@@ -120,6 +120,11 @@ class IngestReport:
             if sink is not None:
                 sink.write(json.dumps({"error": message}, ensure_ascii=False) + "\n")
 
+    def count_indexed(self, n: int) -> None:
+        """Documents the engine took (the uploader thread counts them)."""
+        with self._lock:
+            self.indexed += n
+
     def count_retries(self, n: int) -> None:
         """Requests or documents sent again (the uploader thread counts them)."""
         with self._lock:
@@ -254,8 +259,7 @@ class Ingestor:
 
         def flush(chunk: list[BulkDocument]) -> None:
             failures = sender.send(chunk)
-            with report._lock:
-                report.indexed += len(chunk) - len(failures)
+            report.count_indexed(len(chunk) - len(failures))
             for failure in failures:
                 report.record_error(f"engine refused {failure.id!r} ({failure.status}): "
                                     f"{failure.reason}", sink)

@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -200,10 +200,11 @@ def export(model: str | os.PathLike[str], folder: Path) -> dict[str, Any]:
     for stale in (MANIFEST_NAME, GRAPHS[True]):
         (folder / stale).unlink(missing_ok=True)
     _trace(encoder, folder / GRAPHS[False])
+    tokenizers = {role: _tokenizer_dir(encoder, role) for role in ("m", "en")}
     manifest = {
         "version": EXPORT_VERSION, "model": str(model), "opset": OPSET,
-        "sources": [_fingerprint(p) for p in _sources(encoder, model_folder)],
-        "tokenizers": {role: str(_tokenizer_dir(encoder, role)) for role in ("m", "en")},
+        "sources": [_fingerprint(p) for p in _sources(model_folder, tokenizers.values())],
+        "tokenizers": {role: str(path) for role, path in tokenizers.items()},
         "max_positions": encoder.max_positions,
         "echo_ignored_ids": [int(i) for i in encoder.echo_ignored],
         "agreement_queries": _agreement_queries(model_folder),
@@ -270,12 +271,11 @@ def _tokenizer_dir(encoder: Any, role: str) -> Path:
     return Path(folder).resolve()
 
 
-def _sources(encoder: Any, model_folder: Path) -> list[Path]:
-    """The files an export depends on: the weights and both tokenizers."""
+def _sources(model_folder: Path, tokenizer_dirs: Iterable[Path]) -> list[Path]:
+    """The files an export depends on: the weights and the tokenizers."""
     weights = [model_folder / name for name in ("model.safetensors", "pytorch_model.bin")
                if (model_folder / name).is_file()]
-    tokenizers = {_tokenizer_dir(encoder, role) / "tokenizer.json" for role in ("m", "en")}
-    return weights + sorted(tokenizers)
+    return weights + sorted({folder / "tokenizer.json" for folder in tokenizer_dirs})
 
 
 def _trace(encoder: Any, path: Path) -> None:
