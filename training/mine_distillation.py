@@ -23,9 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from milco_os.encoders import SparseEncoder  # noqa: E402
 from milco_os.training.config import TrainConfig  # noqa: E402
-from milco_os.training.data import load_parallel_source  # noqa: E402
+from milco_os.training.data import load_parallel_sources  # noqa: E402
 from milco_os.training.mining import mine_distillation_rows  # noqa: E402
-from milco_os.training.stages import iter_rows  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,11 +40,11 @@ def main(argv: list[str] | None = None) -> None:
     cfg = TrainConfig.from_file(args.config)
     if not cfg.teacher or not cfg.data.get("parallel"):
         parser.error(f"{args.config} needs 'teacher' and 'data.parallel'")
-    pairs = [row for spec in cfg.data["parallel"]
-             for row in iter_rows(load_parallel_source(spec))]
+    pairs, heldout = load_parallel_sources(cfg.data["parallel"])
     english = [p["english"] for p in pairs]
     sample = random.Random(args.seed).sample(pairs, min(args.rows, len(pairs)))
-    print(f"{len(pairs)} pairs, {len(set(english))} distinct English sentences; "
+    print(f"{len(pairs)} pairs ({heldout} left out: held-out text), "
+          f"{len(set(english))} distinct English sentences; "
           f"mining {args.negatives} negatives for {len(sample)} pairs", file=sys.stderr)
     teacher = SparseEncoder.from_pretrained(os.path.expanduser(cfg.teacher), device="cpu")
     rows = mine_distillation_rows(sample, teacher, args.negatives, pool=english, progress=True)

@@ -17,7 +17,12 @@ Stages, each on encoder states computed once (the encoder is frozen):
    ``expm1`` of the teacher's weights, and ``-margin`` where the teacher has no term);
    special tokens and punctuation-only pieces of the English vocabulary are never
    targets, and their decoder bias is set far below zero, so no vector holds them;
-2. echo: the LexEcho head learns which source tokens to echo, with InfoNCE over the
+2. document-frequency cap: an English term the pivot puts in more than ``--df-cap`` of
+   the English training sentences (splade-tiny spreads ``you``, ``brothers``, ``murder``
+   over a third of all texts, whatever they say) has its decoder bias lowered until only
+   that share holds it; like IDF, a term in most documents says little, and the model
+   keeps the released layout and math (it is a bias);
+3. echo: the LexEcho head learns which source tokens to echo, with InfoNCE over the
    batch (each non-English text must find its English translation), the pivot view
    frozen; positions of special tokens and punctuation-only pieces echo nothing
    (``MilcoConfig.echo_ignored_ids``).
@@ -47,7 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from milco_os.models.milco import MilcoModel  # noqa: E402
-from milco_os.training.data import load_parallel_source  # noqa: E402
+from milco_os.training.data import load_parallel_sources  # noqa: E402
 from milco_os.training.losses import score_matrix  # noqa: E402
 from milco_os.training.noise import noise_ids  # noqa: E402
 
@@ -64,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--echo-lr", type=float, default=3e-3)
     parser.add_argument("--margin", type=float, default=1.0)
+    parser.add_argument("--df-cap", type=float, default=0.2,
+                        help="most English training sentences a pivot term may be in (0: off)")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=42)
@@ -200,6 +207,26 @@ def train_alignment(model: MilcoModel, cache: StateCache, pairs: torch.Tensor,
              args.lr, args.steps, 50, args.seed, pairs, args.batch_size, batch_loss)
 
 
+def cap_document_frequency(model: MilcoModel, cache: StateCache, rows: list[int],
+                           cap: float, batch: int = 64) -> dict[int, float]:
+    """Lower the decoder bias of each term that more than ``cap`` of the texts ``rows``
+    hold, by the ``1 - cap`` quantile of its raw pooled logit, so that at most ``cap`` of
+    them still hold it; returns the share each lowered term had."""
+    rows = sorted(rows, key=lambda r: len(cache.ids[r]))  # batches of similar length
+    batches = [rows[start:start + batch] for start in range(0, len(rows), batch)]
+    bias = model.mlm_head.predictions.decoder.bias
+    with torch.no_grad():
+        def pooled(part: list[int]) -> torch.Tensor:
+            return model.pivot_from_states(*cache.batch(part)[:2])
+
+        holding = sum((pooled(part) > 0).sum(dim=0) for part in batches)
+        hubs = (holding > cap * len(rows)).nonzero().squeeze(-1)
+        if len(hubs):
+            logits = torch.cat([pooled(part)[:, hubs] for part in batches])
+            bias[hubs] -= torch.quantile(logits, 1 - cap, dim=0).clamp(min=0)
+    return {int(t): float(holding[t]) / len(rows) for t in hubs}
+
+
 def train_echo(model: MilcoModel, cache: StateCache, pairs: torch.Tensor,
                ignored: torch.Tensor, args: argparse.Namespace) -> None:
     """InfoNCE over the batch: pivot dot product (frozen) plus the echo score."""
@@ -239,19 +266,27 @@ def main(argv: list[str] | None = None) -> Path:
     with torch.no_grad():
         model.mlm_head.predictions.decoder.bias[blocked] = BLOCKED_BIAS
     model.config.echo_ignored_ids = ignored.tolist()
-    rows = [r for source in config["data"]["parallel"] for r in load_parallel_source(source)]
+    rows, heldout = load_parallel_sources(config["data"]["parallel"])
     texts = sorted({r["english"] for r in rows} | {r["non_english"] for r in rows})
     english = sorted({r["english"] for r in rows})
     index = {t: i for i, t in enumerate(texts)}
     english_row = {t: i for i, t in enumerate(english)}
     pairs = torch.tensor([[index[r["non_english"]], index[r["english"]],
                            english_row[r["english"]]] for r in rows])
-    print(f"{len(rows)} pairs, {len(texts)} texts; encoder cut to {args.layers} layers; "
+    print(f"{len(rows)} pairs ({heldout} left out: held-out text), {len(texts)} texts; "
+          f"encoder cut to {args.layers} layers; "
           f"{len(blocked)} English and {len(ignored)} source pieces are noise", flush=True)
     teacher = teacher_vectors(teacher_dir, english, blocked, args.max_length)
     cache = StateCache(model, m_tokenizer, texts, args.max_length)
     model.train()
     train_alignment(model, cache, pairs, teacher, args)
+    if args.df_cap:
+        sentences = [index[t] for t in english if len(t.split()) >= 5]
+        capped = cap_document_frequency(model, cache, sentences, args.df_cap)
+        print(f"df cap {args.df_cap} over {len(sentences)} English sentences lowered "
+              + ", ".join(f"{en_tokenizer.convert_ids_to_tokens(t)} ({share:.0%})"
+                          for t, share in sorted(capped.items(), key=lambda x: -x[1])),
+              flush=True)
     train_echo(model, cache, pairs, ignored, args)
     model.eval()
     model.tokenizer_dirs = {"m": Path(encoder_dir), "en": Path(teacher_dir)}

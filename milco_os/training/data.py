@@ -2,8 +2,10 @@
 
 Rows are plain dicts. Parallel rows hold ``english`` and ``non_english``; distillation
 rows hold ``query``, ``pos``, ``pos_scores``, ``neg``, ``neg_scores``. Sources are hub
-dataset ids (``datasets.load_dataset``), local JSONL/Parquet/CSV/TSV files, or the
-line-aligned Tatoeba and NTREX-128 folders.
+dataset ids (``datasets.load_dataset``), local JSONL/Parquet/CSV/TSV files, the
+line-aligned Tatoeba and NTREX-128 folders, gettext catalogues (English ``msgid`` to
+translated ``msgstr``) and CLDR display names (territories, languages, currencies,
+cities, months, days; the ``babel`` package).
 
 >>> rows = [{"english": "a cat", "non_english": "eine Katze"}]
 >>> batches = LengthGroupedBatches([len(r["english"]) for r in rows], batch_size=4, seed=0)
@@ -13,9 +15,12 @@ line-aligned Tatoeba and NTREX-128 folders.
 
 from __future__ import annotations
 
+import gettext
 import os
 import random
-from collections.abc import Sequence
+import re
+import unicodedata
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,22 +167,148 @@ def read_ntrex(directory: str | Path, languages: Sequence[str] | None = None,
     return rows
 
 
+# gettext markup that is not text: mnemonics (``_Save``, ``~Save``, ``保存(_S)``), ellipses
+# of menu items, and placeholders (``%1``, ``$(ARG1)``, ``%NUMBER``, ``<b>``, ``{0}``).
+MNEMONIC = re.compile(r"\(_?[A-Za-z]\)|(?<!\w)[_~](?=\w)|…|\.\.\.$")
+PLACEHOLDER = re.compile(r"[%$<>{}\\|#]|https?:")
+
+
+def _clean_message(text: str) -> str:
+    return " ".join(MNEMONIC.sub("", text).split())
+
+
+def read_gettext(directory: str | Path, languages: Sequence[str], max_pairs: int = 0,
+                 seed: int = 0) -> list[Row]:
+    """Parallel rows from the gettext catalogues ``<directory>/<lang>/LC_MESSAGES/*.mo``
+    (English ``msgid``, translated ``msgstr``), mnemonics removed, messages with
+    placeholders or an untranslated text left out, each English message once per
+    language; ``max_pairs`` (0: all) draws that many per language with ``seed``."""
+    rows: list[Row] = []
+    for lang in languages:
+        files = sorted((Path(directory) / lang / "LC_MESSAGES").glob("*.mo"))
+        if not files:
+            raise TrainingDataError(f"{directory}/{lang}/LC_MESSAGES: no .mo catalogue")
+        pairs: dict[str, str] = {}
+        for file in files:
+            with file.open("rb") as handle:
+                catalogue = gettext.GNUTranslations(handle)._catalog  # noqa: SLF001
+            for key, translated in catalogue.items():
+                english = _clean_message(key.split("\x04")[-1]) if isinstance(key, str) else ""
+                other = _clean_message(translated) if isinstance(translated, str) else ""
+                if english and other and other != english and not PLACEHOLDER.search(
+                        english + other) and any(c.isalpha() for c in english):
+                    pairs.setdefault(english, other)
+        chosen = sorted(pairs)
+        if max_pairs:
+            chosen = sorted(random.Random(f"{seed}/{lang}").sample(chosen,
+                                                                   min(max_pairs, len(chosen))))
+        rows += [{"english": e, "non_english": pairs[e]} for e in chosen]
+    return rows
+
+
+def _cldr_names(locale: Any) -> dict[str, str]:
+    """A locale's display names keyed by what they name."""
+    names = {f"territory/{k}": v for k, v in locale.territories.items()}
+    names |= {f"language/{k}": v for k, v in locale.languages.items()}
+    names |= {f"currency/{k}": v for k, v in locale.currencies.items()}
+    names |= {f"month/{k}": v for k, v in locale.months["format"]["wide"].items()}
+    names |= {f"day/{k}": v for k, v in locale.days["format"]["wide"].items()}
+    zones = locale.time_zones
+    names |= {f"city/{zone}": zones[zone]["city"] for zone in zones if "city" in zones[zone]}
+    return names
+
+
+def read_cldr(languages: Sequence[str]) -> list[Row]:
+    """Parallel rows of CLDR display names (``babel``): English name -> the name in each
+    locale of ``languages`` (e.g. ``zh_Hans``), for territories, languages, currencies,
+    months, days and time-zone cities (English cities without a CLDR name are spelled
+    from the zone id: ``Europe/Moscow`` -> Moscow)."""
+    try:
+        from babel import Locale, UnknownLocaleError
+    except ImportError as error:
+        raise TrainingDataError("a cldr source needs the babel package "
+                                "(pip install 'milco-os[train]')") from error
+    english = _cldr_names(Locale.parse("en"))
+    for zone in Locale.parse("zh").time_zones:  # every zone with a city in some locale
+        english.setdefault(f"city/{zone}", zone.rsplit("/", 1)[-1].replace("_", " "))
+    rows: list[Row] = []
+    for lang in languages:
+        try:
+            names = _cldr_names(Locale.parse(lang))
+        except (UnknownLocaleError, ValueError) as error:
+            raise TrainingDataError(f"cldr source: unknown locale {lang!r}") from error
+        rows += [{"english": english[key], "non_english": name} for key, name in names.items()
+                 if key in english and name != english[key]]
+    return rows
+
+
 def load_parallel_source(spec: dict[str, Any]) -> Sequence[Row]:
-    """One parallel source of a config: ``{kind: tatoeba|ntrex|rows, path: ..., ...}``."""
-    kind, path = spec.get("kind", "rows"), spec.get("path")
+    """One parallel source of a config:
+    ``{kind: tatoeba|ntrex|gettext|cldr|rows, path: ..., ...}``."""
+    kind, path, languages = spec.get("kind", "rows"), spec.get("path"), spec.get("languages")
+    if kind == "cldr":
+        return read_cldr(languages or [])
     if not path:
         raise TrainingDataError(f"parallel source {spec}: field 'path' is required")
     path = os.path.expanduser(path)
-    languages = spec.get("languages")
     if kind == "tatoeba":
         return read_tatoeba(path, languages, holdout=int(spec.get("holdout", 0)))
     if kind == "ntrex":
         return read_ntrex(path, languages, holdout=int(spec.get("holdout", 0)),
                           holdout_documents=int(spec.get("holdout_documents", 0)))
+    if kind == "gettext":
+        return read_gettext(path, languages or [], int(spec.get("max_pairs", 0)),
+                            int(spec.get("seed", 0)))
     if kind == "rows":
         return load_rows(path, PARALLEL_COLUMNS, split=spec.get("split", "train"))
     raise TrainingDataError(f"parallel source {spec}: unknown kind {kind!r} "
-                            "(tatoeba, ntrex or rows)")
+                            "(tatoeba, ntrex, gettext, cldr or rows)")
+
+
+def iter_rows(dataset: Sequence[Any]) -> Iterator[Row]:
+    """Rows of a (concatenated) dataset, reading columns at once where the source allows."""
+    parts = dataset.datasets if isinstance(dataset, torch.utils.data.ConcatDataset) else [dataset]
+    for part in parts:
+        if hasattr(part, "column_names"):
+            yield from ({"english": e, "non_english": n}
+                        for e, n in zip(part["english"], part["non_english"], strict=True))
+        else:
+            yield from part
+
+
+def text_key(text: str) -> str:
+    """What makes two texts the same: Unicode NFKC, whitespace folded, case folded."""
+    return " ".join(unicodedata.normalize("NFKC", text).split()).casefold()
+
+
+def heldout_texts(specs: Sequence[dict[str, Any]]) -> set[str]:
+    """The :func:`text_key` of every text the Tatoeba and NTREX-128 sources hold out
+    (both sides of each held-out pair)."""
+    held: set[str] = set()
+    for spec in specs:
+        path, kind = os.path.expanduser(spec.get("path") or ""), spec.get("kind")
+        if kind == "tatoeba" and spec.get("holdout"):
+            for lang in spec.get("languages") or tatoeba_languages(path):
+                for side in tatoeba_lines(path, lang):
+                    held |= {text_key(t) for t in side[-int(spec["holdout"]):]}
+        if kind == "ntrex" and (spec.get("holdout_documents") or spec.get("holdout")):
+            mask = ntrex_heldout_mask(path, int(spec.get("holdout_documents", 0)))
+            tail = len(mask) - int(spec.get("holdout", 0))
+            for lang in spec.get("languages") or ntrex_languages(path):
+                for side in ntrex_lines(path, lang):
+                    held |= {text_key(t) for i, t in enumerate(side) if mask[i] or i >= tail}
+    return held
+
+
+def load_parallel_sources(specs: Sequence[dict[str, Any]]) -> tuple[list[Row], int]:
+    """Every source's rows, without the rows whose English or non-English text is held out
+    by one of the sources (so a text held out for evaluation never enters training through
+    another source); and how many rows that left out."""
+    held = heldout_texts(specs)
+    rows = [row for spec in specs for row in iter_rows(load_parallel_source(spec))]
+    kept = [row for row in rows if text_key(row["english"]) not in held
+            and text_key(row["non_english"]) not in held]
+    return kept, len(rows) - len(kept)
 
 
 # ---------------------------------------------------------------- distillation groups

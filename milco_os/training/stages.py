@@ -34,6 +34,7 @@ from milco_os.training.data import (
     DistillationGroups,
     GroupCollator,
     ParallelCollator,
+    iter_rows,
     load_parallel_source,
     load_rows,
 )
@@ -283,14 +284,4 @@ def freeze(module: nn.Module) -> None:
     for p in module.parameters():
         p.requires_grad_(False)
 
-
-def iter_rows(dataset: Sequence[Any]):
-    """Rows of a (concatenated) dataset, reading columns at once where the source allows."""
-    parts = dataset.datasets if isinstance(dataset, torch.utils.data.ConcatDataset) else [dataset]
-    for part in parts:
-        if hasattr(part, "column_names"):
-            yield from ({"english": e, "non_english": n}
-                        for e, n in zip(part["english"], part["non_english"], strict=True))
-        else:
-            yield from part
 
