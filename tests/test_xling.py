@@ -90,6 +90,35 @@ def test_tatoeba_corpus_is_the_union_of_held_out_english_and_duplicates_are_all_
             {"Tom is here.", "Tom is  here."}, {"I see it.", "i see it."})
 
 
+def test_engine_rows_on_the_local_engine_equal_the_exact_rows_and_add_bm25(tmp_path: Path):
+    from _model_helpers import make_tiny
+
+    from milco_os.encoders import SparseEncoder
+    from milco_os.engines import open_engine
+
+    (tmp_path / "tatoeba").mkdir()
+    english = ["The cat sleeps on the sofa.", "Trains run late in winter.",
+               "She reads a book about the sea.", "We cook rice for dinner."]
+    for code, other in {"deu": ["Die Katze schläft auf dem Sofa.", "Züge fahren im Winter spät.",
+                                "Sie liest ein Buch über das Meer.", "Wir kochen Reis."]}.items():
+        for side, lines in (("eng", english), (code, other)):
+            (tmp_path / "tatoeba" / f"tatoeba.{code}-eng.{side}").write_text(
+                "".join(line + "\n" for line in lines), encoding="utf-8")
+    data = eval_xling.tatoeba_heldout(eval_xling.Holdout(tmp_path, 0, tmp_path / "tatoeba", 4),
+                                      ["de"])
+    model = make_tiny(tmp_path / "tiny")
+    encoder = SparseEncoder.from_pretrained(model, device="cpu")
+    engine = open_engine(None, engine="local", local_path=str(tmp_path / "local"))
+    rows = eval_xling.engine_rows("tiny", encoder, str(model), data, "xling-test", engine,
+                                  ["pivot+echo"])
+    exact = eval_xling.exact_rows("tiny", encoder, data)["tiny [pivot+echo]"]
+    assert set(rows) == {"tiny [pivot+echo] (local engine)", "BM25 (local engine, same index)"}
+    assert rows["tiny [pivot+echo] (local engine)"].overall["nDCG@10"] == pytest.approx(
+        exact.overall["nDCG@10"], abs=1e-6)
+    assert 0 < rows["BM25 (local engine, same index)"].overall["nDCG@10"] <= 1
+    assert not engine.index_exists("xling-test")  # the run's index is removed
+
+
 def test_exported_sets_load_as_beir_folders(shared_dir, tmp_path: Path):
     from milco_os.evaluation.datasets import load_dataset
 

@@ -15,7 +15,8 @@ products; with a cluster (``MILCO_OS_URL``, or ``--url``), one index per set hol
 ``--engine-model`` vectors and the text, and that model's views and BM25 (``match``
 on the index's text field) are searched through it. The metric is nDCG@10
 (ir-measures), per language and as the mean over languages. ``--out DIR`` writes
-``xling.json`` and ``xling.md`` (the README's tables).
+``xling.json`` and ``xling.md`` (the README's tables). ``--local`` runs the engine rows
+and BM25 on the embedded local engine instead of a cluster.
 
     MILCO_OS_URL=$(milco-os cluster up --name xling) \\
     python training/eval_xling.py --model runs/milco-small-sct/checkpoint-300 --out runs/xling
@@ -30,6 +31,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -216,20 +218,19 @@ def exact_rows(label: str, encoder: Any, data: EvalDataset) -> dict[str, ev.Eval
 
 
 def engine_rows(label: str, encoder: Any, model: str, data: EvalDataset, index: str,
-                settings: Any, views: Sequence[str]) -> dict[str, ev.Evaluation]:
-    """The model's views and BM25 through one OpenSearch index built from ``data``."""
-    from milco_os.engines import open_engine
-
-    engine = open_engine(settings)
+                engine: Any, views: Sequence[str]) -> dict[str, ev.Evaluation]:
+    """The model's views and BM25 through one index built from ``data``."""
+    where = "OpenSearch" if engine.flavour == "opensearch" else (
+        engine.flavour.capitalize() if engine.flavour else "local engine")
     if engine.index_exists(index):  # built with another model: never reuse it
         engine.delete_index(index)
     sweep = ev.Sweep(engine, data, model=model, encoder=encoder, metrics=[METRIC],
                      build=ev.BuildOptions(), log=lambda line: print(line, file=sys.stderr))
     try:
-        rows = {f"{label} [{view}] (OpenSearch)": sweep.run(
+        rows = {f"{label} [{view}] ({where})": sweep.run(
                     ev.System(index, views=SWEEP_VIEWS[view])).evaluation for view in views}
-        rows["BM25 (OpenSearch, same index)"] = sweep.run(ev.System(index, mode="bm25")
-                                                          ).evaluation
+        rows[f"BM25 ({where}, same index)"] = sweep.run(ev.System(index, mode="bm25")
+                                                        ).evaluation
     finally:
         engine.delete_index(index)
     return rows
@@ -283,7 +284,7 @@ def markdown(name: str, record: dict[str, dict[str, float]], langs: Sequence[str
 def margins(record: dict[str, dict[str, float]], label: str, langs: Sequence[str]
             ) -> dict[str, float]:
     """Row ``label`` minus BM25, per language and for the mean (the +0.15 goal)."""
-    bm25 = record["BM25 (OpenSearch, same index)"]
+    bm25 = next(row for name, row in record.items() if name.startswith("BM25 ("))
     return {lang: record[label][lang] - bm25[lang] for lang in [*langs, "mean"]}
 
 
@@ -295,16 +296,20 @@ def label_of(model: str) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", action="append", default=[], help="model folder (repeatable)")
-    parser.add_argument("--engine-model", help="model searched through OpenSearch, with BM25 "
+    parser.add_argument("--engine-model", help="model searched through the engine, with BM25 "
                                                "on the same index [default: the last --model]")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                         help="training config whose holdouts define the sets")
     parser.add_argument("--langs", default=",".join(LANGUAGES))
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--url", help="cluster for BM25 and the engine run [default: "
-                                      "MILCO_OS_URL]; without one only exact rows are given")
+                                      "MILCO_OS_URL]; without one (or --local) only exact "
+                                      "rows are given")
+    parser.add_argument("--local", action="store_true",
+                        help="run BM25 and the engine rows on the embedded local engine (in a "
+                             "temporary folder) instead of a cluster")
     parser.add_argument("--engine-views", default="pivot+echo",
-                        help="views searched through OpenSearch, comma-separated, of "
+                        help="views searched through the engine, comma-separated, of "
                              f"{', '.join(VIEWS)} (every view is scored exactly)")
     parser.add_argument("--index-prefix", default="xling-heldout")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for encoding")
@@ -321,6 +326,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return run(args)
     except InputError as exc:
         parser.exit(2, f"eval_xling: {exc}\n")
+
+
+def open_evaluation_engine(args: argparse.Namespace) -> Any:
+    """The engine of the engine rows: a temporary local index (``--local``), the cluster
+    at ``--url`` or ``MILCO_OS_URL``, or None (exact rows only)."""
+    from milco_os.connection import ConnectionSettings
+    from milco_os.engines import open_engine
+
+    if args.local:
+        return open_engine(None, engine="local",
+                           local_path=tempfile.mkdtemp(prefix="milco-os-xling-"))
+    url = args.url or os.environ.get("MILCO_OS_URL")
+    return open_engine(ConnectionSettings(url=url)) if url else None
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -344,7 +362,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return {}
     import torch
 
-    from milco_os.connection import ConnectionSettings
     from milco_os.encoders import SparseEncoder
 
     torch.set_num_threads(args.threads)
@@ -353,7 +370,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise InputError("give --model (repeatable)")
     models = {label_of(m): str(m) for m in args.model}
     engine_model = args.engine_model or (args.model[-1] if args.model else None)
-    url = args.url or os.environ.get("MILCO_OS_URL")
+    engine = open_evaluation_engine(args)
     rows: dict[str, dict[str, ev.Evaluation]] = {name: {} for name in sets}
     diagnosed: dict[str, dict[str, Any]] = {}
     started = time.time()
@@ -361,10 +378,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         encoder = ev.CachingEncoder(SparseEncoder.from_pretrained(folder, device="cpu"))
         for name, data in datasets.items():
             rows[name].update(exact_rows(label, encoder, data))
-            if url and folder == str(engine_model):
+            if engine and folder == str(engine_model):
                 rows[name].update(engine_rows(label, encoder, folder, data,
-                                              f"{args.index_prefix}-{name}",
-                                              ConnectionSettings(url=url), engine_views))
+                                              f"{args.index_prefix}-{name}", engine,
+                                              engine_views))
             if args.dense:
                 rows[name].update(diagnostics.dense_rows(label, folder, data))
             print(f"{label} on {name}: done after {time.time() - started:.0f} s",
@@ -375,7 +392,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               "command": " ".join(["python", "training/eval_xling.py", *sys.argv[1:]]),
               "seconds": round(time.time() - started),
               "sets": {name: table_record(r, langs) for name, r in rows.items()}}
-    if url and engine_model:
+    if engine and engine_model:
         record["margin_over_bm25"] = {
             name: margins(t, f"{label_of(engine_model)} [pivot+echo]", langs)
             for name, t in record["sets"].items()}
