@@ -45,9 +45,9 @@ sys.path.insert(0, str(REPO))  # run from a checkout
 import xling_diagnostics as diagnostics  # noqa: E402
 
 from milco_os import evaluation as ev  # noqa: E402
-from milco_os.corpus import Document  # noqa: E402
-from milco_os.errors import InputError  # noqa: E402
+from milco_os.core.errors import InputError  # noqa: E402
 from milco_os.evaluation.datasets import EvalDataset, Qrels, Query  # noqa: E402
+from milco_os.text.corpus import Document  # noqa: E402
 from milco_os.training.data import ntrex_heldout_mask, ntrex_lines, tatoeba_lines  # noqa: E402
 
 # language: (NTREX-128 code, Tatoeba code)
@@ -345,8 +345,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return {}
     import torch
 
-    from milco_os.connection import ConnectionSettings
     from milco_os.encoders import SparseEncoder
+    from milco_os.engines.connection import ConnectionSettings
 
     torch.set_num_threads(args.threads)
     os.environ["MILCO_OS_THREADS"] = os.environ["MILCO_OS_BATCH_THREADS"] = str(args.threads)
