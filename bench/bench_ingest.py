@@ -23,13 +23,13 @@ BULK_DOCS = 500
 def run(quick: bool, model: Path | None = None) -> dict:
     from opensearchpy import helpers
 
-    from milco_os.connection import ConnectionSettings
-    from milco_os.corpus import Document
-    from milco_os.documents import build_source
     from milco_os.engines import open_engine
-    from milco_os.ingest import Ingestor
-    from milco_os.sparse import SparseVector
-    from milco_os.spec import BatchSizes, IngestSpec
+    from milco_os.engines.connection import ConnectionSettings
+    from milco_os.index.spec import BatchSizes, IngestSpec
+    from milco_os.pipeline.documents import build_source
+    from milco_os.pipeline.ingest import Ingestor
+    from milco_os.text.corpus import Document
+    from milco_os.vectors.sparse import SparseVector
 
     n = 5000 if quick else 20000
     if model is None:

@@ -6,7 +6,7 @@ encoded with ``encoder.encode([text])``. Variants, interleaved query by query so
 that load from other processes hits them alike:
 
 - ``torch``: :class:`~milco_os.encoders.SparseEncoder` on milco-os's thread policy
-  (:mod:`milco_os.threads`: 1 thread for a query), the baseline;
+  (:mod:`milco_os.core.threads`: 1 thread for a query), the baseline;
 - ``torch-default``: the same call on torch's own default thread count;
 - ``onnx``: the ONNX Runtime backend, fp32 (``--backend onnx``, what ``auto`` picks);
 - ``onnx-int8``: its dynamic int8 graph; its vectors are compared with fp32's (top-10
@@ -70,9 +70,9 @@ def interleaved(variants: dict[str, Callable[[str], object]], texts: list[str],
 def run(model: Path, quick: bool) -> dict:
     import torch
 
+    from milco_os.core.threads import query_threads
     from milco_os.encoders import OnnxSparseEncoder, SparseEncoder
     from milco_os.encoders.onnx import top10_agreement
-    from milco_os.threads import query_threads
 
     torch_default = torch.get_num_threads()
     encoders = {"torch": SparseEncoder.from_pretrained(model, device="cpu"),

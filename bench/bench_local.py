@@ -39,7 +39,7 @@ BUILD_POSTINGS = (3500, 14_000)
 
 def build_index(engine, corpus: Vectors) -> float:
     """Ingest ``corpus`` with ``bulk_index_matrices``, one segment per SEGMENT_DOCS; seconds."""
-    from milco_os.terms import encode_term
+    from milco_os.engines.terms import encode_term
 
     names = {view: [encode_term(t) for t in terms] for view, terms in corpus.terms.items()}
     tick = time.perf_counter()
@@ -77,8 +77,8 @@ def sweep_search(engine, queries: list, truth: list[list[str]], build: str) -> d
 def run(model: Path, n_docs: int, n_real: int, n_queries: int) -> dict:
     from milco_os.engines.approximate import BuildSettings, SearchSettings
     from milco_os.engines.local import LocalEngine
-    from milco_os.query import SparseQuery
-    from milco_os.sparse import SparseVector
+    from milco_os.engines.query import SparseQuery
+    from milco_os.vectors.sparse import SparseVector
 
     real = encode_real(model, n_real)
     corpus = synthetic_cached(model, real, n_docs)

@@ -43,9 +43,9 @@ TARGET_RECALL = 0.99
 def ingest(engine, index: str, corpus: Vectors, rows: range, prune: str = "none",
            encoder=None) -> float:
     """Docs/s of an Ingestor run over ``rows`` (pre-encoded unless ``encoder``)."""
-    from milco_os.corpus import Document
-    from milco_os.ingest import Ingestor
-    from milco_os.spec import IngestSpec
+    from milco_os.index.spec import IngestSpec
+    from milco_os.pipeline.ingest import Ingestor
+    from milco_os.text.corpus import Document
 
     engine.delete_index(index)
     vectors = corpus.iter_dicts(rows) if encoder is None else (None for _ in rows)
@@ -66,7 +66,7 @@ def recall(found, truth) -> float:
 
 
 def two_phase_figures(engine, index: str, queries: list) -> dict:
-    from milco_os.query import SparseQuery
+    from milco_os.engines.query import SparseQuery
 
     full = [SparseQuery(v) for v in queries]
     hits, ms = measure([lambda q=q: engine.search(index, q, K) for q in full])
@@ -90,7 +90,7 @@ def two_phase_figures(engine, index: str, queries: list) -> dict:
 
 
 def end_to_end(engine, index: str, encoder, texts: list[str], best: dict) -> dict:
-    from milco_os.query import SparseQuery
+    from milco_os.engines.query import SparseQuery
 
     def milco(mode: str, **options):
         def call(text: str):
@@ -115,8 +115,8 @@ def end_to_end(engine, index: str, encoder, texts: list[str], best: dict) -> dic
 
 def size_figures(engine, real: Vectors, n: int) -> dict:
     """Bytes per passage at each document pruning level, and for the texts alone."""
-    from milco_os.documents import build_source
-    from milco_os.sparse import SparseVector, SparseView
+    from milco_os.pipeline.documents import build_source
+    from milco_os.vectors.sparse import SparseVector, SparseView
 
     rows = range(min(n, len(real)))
     out = {}
@@ -139,10 +139,10 @@ def size_figures(engine, real: Vectors, n: int) -> dict:
 
 
 def run(model: Path, n_docs: int, n_real: int, n_queries: int, n_encode_ingest: int) -> dict:
-    from milco_os.connection import ConnectionSettings
     from milco_os.encoders import SparseEncoder
     from milco_os.engines import open_engine
-    from milco_os.sparse import SparseVector
+    from milco_os.engines.connection import ConnectionSettings
+    from milco_os.vectors.sparse import SparseVector
 
     real = encode_real(model, n_real)
     corpus = synthetic_cached(model, real, n_docs)

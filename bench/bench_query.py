@@ -100,12 +100,12 @@ def recall(found: list[list[int]], truth: list[list[int]]) -> float:
 
 
 def opensearch_figures(url, texts, docs, query_texts, queries, truth) -> dict:
-    from milco_os.connection import ConnectionSettings
-    from milco_os.documents import build_source
     from milco_os.engines import open_engine
-    from milco_os.pruning import Pruning
-    from milco_os.query import SparseQuery
-    from milco_os.sparse import SparseVector, SparseView
+    from milco_os.engines.connection import ConnectionSettings
+    from milco_os.engines.query import SparseQuery
+    from milco_os.pipeline.documents import build_source
+    from milco_os.vectors.pruning import Pruning
+    from milco_os.vectors.sparse import SparseVector, SparseView
 
     engine = open_engine(ConnectionSettings(url=url))
     vectors = [SparseVector.from_dict({"pivot": d}) for d in docs]

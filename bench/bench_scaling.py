@@ -53,7 +53,7 @@ class ZipfVectors:
 
 
 def documents(n: int, seed: int = 0) -> Iterator:
-    from milco_os.corpus import Document
+    from milco_os.text.corpus import Document
 
     draw = ZipfVectors(seed)
     for i in range(n):
@@ -67,7 +67,7 @@ def milco_documents(model, n: int, n_queries: int) -> tuple[Iterator, list[dict]
     """The trained MILCO's synthetic passages (``milco_corpus.py``) and real queries."""
     from milco_corpus import encode_real, synthetic_cached
 
-    from milco_os.corpus import Document
+    from milco_os.text.corpus import Document
 
     corpus = synthetic_cached(model, encode_real(model, 1000), n)
     queries = encode_real(model, n_queries, kind="query", from_end=True).dicts()
@@ -78,12 +78,12 @@ def milco_documents(model, n: int, n_queries: int) -> tuple[Iterator, list[dict]
 
 def run(quick: bool, sizes: tuple[int, ...] | None = None, model=None) -> dict:
     """With ``model``: its synthetic passages and real queries instead of Zipf vectors."""
-    from milco_os.connection import ConnectionSettings
     from milco_os.engines import open_engine
-    from milco_os.ingest import Ingestor
-    from milco_os.query import SparseQuery
-    from milco_os.sparse import SparseVector
-    from milco_os.spec import IngestSpec
+    from milco_os.engines.connection import ConnectionSettings
+    from milco_os.engines.query import SparseQuery
+    from milco_os.index.spec import IngestSpec
+    from milco_os.pipeline.ingest import Ingestor
+    from milco_os.vectors.sparse import SparseVector
 
     sizes = sizes or (QUICK_SIZES if quick else FULL_SIZES)
     n_queries = 100 if quick else 300

@@ -47,8 +47,8 @@ import numpy as np
 from common import ROOT, english_sentences, machine, save_result
 
 from milco_os.encoders import TextEncoder, load_encoder
-from milco_os.pruning import Pruning
-from milco_os.terms import engine_features
+from milco_os.engines.terms import engine_features
+from milco_os.vectors.pruning import Pruning
 
 CLIENTS = (1, 8, 32)
 CHECKED_TERMS = 8  # the heaviest pivot terms each answer must share with its own text's

@@ -36,9 +36,9 @@ CLI = Path(sys.executable).with_name("milco-os")
 
 def local_index(model: Path, root: Path, n: int) -> None:
     """A local index of ``n`` real passages encoded by ``model`` (from the bench cache)."""
-    from milco_os.documents import build_source
     from milco_os.engines.local import LocalEngine
-    from milco_os.sparse import SparseVector
+    from milco_os.pipeline.documents import build_source
+    from milco_os.vectors.sparse import SparseVector
 
     real = encode_real(model, n)
     engine = LocalEngine(root)
@@ -81,7 +81,7 @@ if backend == "torch":
     phases["import torch + transformers"] = lap()
 import milco_os.cli, milco_os.encoders
 from milco_os.engines.local import LocalEngine
-from milco_os.search import Searcher
+from milco_os.pipeline.search import Searcher
 phases["import milco-os"] = lap()
 encoder = milco_os.encoders.load_encoder(model, backend)
 phases["load the model (" + backend + ")"] = lap()

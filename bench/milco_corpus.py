@@ -40,8 +40,8 @@ import numpy as np
 import scipy.sparse as sp
 from common import CACHE, SHARED, save_result
 
+from milco_os.engines.query import split_by_weight
 from milco_os.models.registry import resolve_model
-from milco_os.query import split_by_weight
 
 VIEWS = ("pivot", "echo")
 CHUNK = 500
@@ -239,7 +239,7 @@ def posting_figures(docs: Vectors, queries: Vectors, prune_ratio: float = 0.2) -
     the most common ones (document frequency: the fraction of documents holding a term);
     per query, the postings it reads per document (its terms' document frequencies,
     summed) and the share of them two-phase's phase 1 reads (terms weighing >= prune_ratio
-    x the query's top weight), as :func:`milco_os.query.split_by_weight` splits them."""
+    x the query's top weight), as :func:`milco_os.engines.query.split_by_weight` splits them."""
     df, reads, phase1 = {}, {}, {}
     for view, matrix in docs.matrices.items():
         counts = np.diff(matrix.tocsc().indptr) / len(docs)

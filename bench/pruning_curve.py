@@ -33,7 +33,7 @@ import eval_xling  # noqa: E402
 
 from milco_os.encoders import SparseEncoder  # noqa: E402
 from milco_os.evaluation import evaluate, exact_run, exact_scores  # noqa: E402
-from milco_os.pruning import Pruning  # noqa: E402
+from milco_os.vectors.pruning import Pruning  # noqa: E402
 
 LEVELS = ["none", "mass:0.3", "mass:0.5", "mass:0.7", "mass:0.85", "mass:0.95",
           "topk:128", "topk:64", "topk:48", "topk:32", "topk:16",

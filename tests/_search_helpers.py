@@ -16,9 +16,9 @@ import numpy as np
 import scipy.sparse as sp
 from _shared import SHARED
 
-from milco_os.documents import build_source
-from milco_os.sparse import VIEWS, SparseVector, SparseView
-from milco_os.terms import engine_features
+from milco_os.engines.terms import engine_features
+from milco_os.pipeline.documents import build_source
+from milco_os.vectors.sparse import VIEWS, SparseVector, SparseView
 
 PIVOT_SIZE, ECHO_SIZE = 30522, 250002
 

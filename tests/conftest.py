@@ -50,7 +50,7 @@ class Server:
         return self.distribution
 
     def settings(self, **overrides):
-        from milco_os.connection import ConnectionSettings
+        from milco_os.engines.connection import ConnectionSettings
 
         return ConnectionSettings(url=self.url, engine=self.engine, **overrides)
 
@@ -123,7 +123,7 @@ def server_index(server: Server) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def os_client(cluster_url: str):
     """An opensearch-py client for the session cluster."""
-    from milco_os.connection import ConnectionSettings
+    from milco_os.engines.connection import ConnectionSettings
 
     return ConnectionSettings(url=cluster_url).client()
 

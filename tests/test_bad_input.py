@@ -9,13 +9,13 @@ import pytest
 from click.testing import CliRunner
 
 from milco_os.cli import main
-from milco_os.connection import ConnectionSettings
-from milco_os.corpus import read_files
 from milco_os.encoders import SparseEncoder
 from milco_os.engines import open_engine
-from milco_os.ingest import Ingestor
+from milco_os.engines.connection import ConnectionSettings
+from milco_os.index.spec import BatchSizes, IngestSpec
 from milco_os.models.presets import init_model
-from milco_os.spec import BatchSizes, IngestSpec
+from milco_os.pipeline.ingest import Ingestor
+from milco_os.text.corpus import read_files
 
 pytestmark = pytest.mark.cluster
 

@@ -7,12 +7,12 @@ import json
 import pytest
 from _ingest_helpers import write_corpus
 
-from milco_os.corpus import read_files
 from milco_os.engines.base import BulkDocument
 from milco_os.engines.bulk import Uploader, chunks
 from milco_os.engines.local import LocalEngine
-from milco_os.ingest import Ingestor
-from milco_os.spec import BatchSizes, IngestSpec
+from milco_os.index.spec import BatchSizes, IngestSpec
+from milco_os.pipeline.ingest import Ingestor
+from milco_os.text.corpus import read_files
 
 
 def documents(n: int, text: str = "x") -> list[BulkDocument]:

@@ -21,13 +21,13 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from milco_os.corpus import read_files
 from milco_os.encoders import SparseEncoder
-from milco_os.ingest import Ingestor
+from milco_os.index.spec import IngestSpec
 from milco_os.models.milco import MilcoConfig, MilcoModel, tokenizer_dirs_for
 from milco_os.models.presets import init_model
-from milco_os.search import Searcher
-from milco_os.spec import IngestSpec
+from milco_os.pipeline.ingest import Ingestor
+from milco_os.pipeline.search import Searcher
+from milco_os.text.corpus import read_files
 
 pytestmark = pytest.mark.cluster
 

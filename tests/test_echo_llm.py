@@ -418,11 +418,11 @@ def test_echo_llm_vectors_index_and_search_in_opensearch(tiny, cluster_url):
     scores equal exact dot products within Lucene's 9-bit document weights."""
     import uuid
 
-    from milco_os.connection import ConnectionSettings
-    from milco_os.documents import build_source
+    from milco_os.engines.connection import ConnectionSettings
     from milco_os.engines.opensearch import OpenSearchEngine
-    from milco_os.pruning import Pruning
-    from milco_os.search import Searcher, SearchOptions
+    from milco_os.pipeline.documents import build_source
+    from milco_os.pipeline.search import Searcher, SearchOptions
+    from milco_os.vectors.pruning import Pruning
 
     encoder = SparseEncoder.from_pretrained(tiny, device="cpu")
     docs = encoder.encode(TEXTS, kind="document")

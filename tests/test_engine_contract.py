@@ -26,9 +26,7 @@ from _search_helpers import corpus, exact_matrix
 from click.testing import CliRunner
 
 from milco_os.cli import main
-from milco_os.connection import ConnectionSettings
-from milco_os.corpus import read_files
-from milco_os.documents import build_source
+from milco_os.core.errors import IncompatibleIndexError
 from milco_os.engines import (
     BulkFailure,
     EngineError,
@@ -37,13 +35,20 @@ from milco_os.engines import (
     open_engine,
 )
 from milco_os.engines.cluster import ClusterEngine
-from milco_os.errors import IncompatibleIndexError
-from milco_os.ingest import Ingestor
-from milco_os.query import EmptyQueryWarning, QueryPrunedWarning, SparseQuery, build_search_body
-from milco_os.search import Searcher, SearchOptions
-from milco_os.sparse import SparseVector, SparseView
-from milco_os.spec import BatchSizes, IngestSpec
-from milco_os.terms import encode_term
+from milco_os.engines.connection import ConnectionSettings
+from milco_os.engines.query import (
+    EmptyQueryWarning,
+    QueryPrunedWarning,
+    SparseQuery,
+    build_search_body,
+)
+from milco_os.engines.terms import encode_term
+from milco_os.index.spec import BatchSizes, IngestSpec
+from milco_os.pipeline.documents import build_source
+from milco_os.pipeline.ingest import Ingestor
+from milco_os.pipeline.search import Searcher, SearchOptions
+from milco_os.text.corpus import read_files
+from milco_os.vectors.sparse import SparseVector, SparseView
 
 pytestmark = pytest.mark.cluster
 

@@ -15,12 +15,12 @@ from elastic_transport import ApiResponseMeta, BaseNode, HttpHeaders
 from elastic_transport._node._base import NodeApiResponse
 from elasticsearch import Elasticsearch
 
-from milco_os.connection import ConnectionSettings
-from milco_os.documents import build_source
 from milco_os.engines import BulkFailure, EngineError, IndexNotFoundError, TransientEngineError
+from milco_os.engines.connection import ConnectionSettings
 from milco_os.engines.elasticsearch import ElasticsearchEngine
-from milco_os.query import SparseQuery
-from milco_os.sparse import SparseVector, SparseView
+from milco_os.engines.query import SparseQuery
+from milco_os.pipeline.documents import build_source
+from milco_os.vectors.sparse import SparseVector, SparseView
 
 Reply = tuple[int, Any]
 META = {"model": "m", "views": ["pivot", "echo"], "pruning": "none"}

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from _search_helpers import corpus, exact_matrix
 
-from milco_os.connection import ConnectionSettings
-from milco_os.documents import build_source
 from milco_os.engines import EngineError, IndexNotFoundError, open_engine
+from milco_os.engines.connection import ConnectionSettings
 from milco_os.engines.local import LocalEngine
-from milco_os.query import SparseQuery
-from milco_os.search import Searcher, SearchOptions
-from milco_os.sparse import SparseVector, SparseView
+from milco_os.engines.query import SparseQuery
+from milco_os.pipeline.documents import build_source
+from milco_os.pipeline.search import Searcher, SearchOptions
+from milco_os.vectors.sparse import SparseVector, SparseView
 
 META = {"model": "test-model", "views": ["pivot", "echo"], "pruning": "none"}
 

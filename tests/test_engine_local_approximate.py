@@ -9,8 +9,8 @@ import pytest
 
 import milco_os.engines.approximate as approximate
 from milco_os.engines.local import LocalEngine
-from milco_os.query import SparseQuery
-from milco_os.sparse import SparseVector
+from milco_os.engines.query import SparseQuery
+from milco_os.vectors.sparse import SparseVector
 
 pytest.importorskip("seismic", reason="pyseismic-lsr is the approximate extra")
 
@@ -117,7 +117,7 @@ def test_an_index_without_an_approximate_index_is_searched_exactly(tmp_path):
 
 
 def test_bad_search_settings_are_refused():
-    from milco_os.errors import InputError
+    from milco_os.core.errors import InputError
 
     with pytest.raises(InputError, match="heap_factor"):
         approximate.SearchSettings(heap_factor=0)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from milco_os.core.errors import EngineError
 from milco_os.engines.local import LocalEngine
-from milco_os.errors import EngineError
-from milco_os.query import SparseQuery
-from milco_os.sparse import SparseVector
+from milco_os.engines.query import SparseQuery
+from milco_os.vectors.sparse import SparseVector
 
 META = {"model": "m", "views": ["pivot", "echo"], "pruning": "none"}
 TERMS = {"pivot": ["dog", "cat", "fish", "unused"], "echo": ["\u2581Hund", "\u2581Katze"]}

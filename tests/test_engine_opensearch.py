@@ -9,12 +9,12 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from milco_os.connection import ConnectionSettings
-from milco_os.documents import build_source
 from milco_os.engines import EngineError, TransientEngineError, open_engine
+from milco_os.engines.connection import ConnectionSettings
 from milco_os.engines.opensearch import OpenSearchEngine
-from milco_os.query import SparseQuery
-from milco_os.sparse import SparseVector, SparseView
+from milco_os.engines.query import SparseQuery
+from milco_os.pipeline.documents import build_source
+from milco_os.vectors.sparse import SparseVector, SparseView
 
 pytestmark = pytest.mark.cluster
 

@@ -18,10 +18,10 @@ import pytest
 from click.testing import CliRunner
 
 from milco_os.cli import main
-from milco_os.connection import ConnectionSettings
+from milco_os.core.errors import InputError
 from milco_os.encoders import SparseEncoder
 from milco_os.engines import open_engine
-from milco_os.errors import InputError
+from milco_os.engines.connection import ConnectionSettings
 from milco_os.evaluation import (
     BM25Searcher,
     BuildOptions,
@@ -38,10 +38,10 @@ from milco_os.evaluation import (
     write_trec_run,
 )
 from milco_os.evaluation.datasets import DatasetError, Query, load_dataset
-from milco_os.ingest import Ingestor
+from milco_os.index.spec import EncodeFields, IngestSpec
 from milco_os.models.presets import init_model
-from milco_os.search import Searcher
-from milco_os.spec import EncodeFields, IngestSpec
+from milco_os.pipeline.ingest import Ingestor
+from milco_os.pipeline.search import Searcher
 
 METRICS = ["nDCG@10", "R@100", "RR@10"]
 WORDS = {

@@ -22,14 +22,14 @@ import pytest
 from _cluster_helpers import start_cluster
 from _ingest_helpers import write_corpus
 
-from milco_os.connection import ConnectionSettings
-from milco_os.corpus import read_files
 from milco_os.devcluster import LocalCluster
 from milco_os.engines import TransientEngineError, open_engine
-from milco_os.ingest import Ingestor, engine_id
-from milco_os.query import SparseQuery
-from milco_os.sparse import SparseVector, SparseView
-from milco_os.spec import BatchSizes, EngineSettings, IngestSpec
+from milco_os.engines.connection import ConnectionSettings
+from milco_os.engines.query import SparseQuery
+from milco_os.index.spec import BatchSizes, EngineSettings, IngestSpec
+from milco_os.pipeline.ingest import Ingestor, engine_id
+from milco_os.text.corpus import read_files
+from milco_os.vectors.sparse import SparseVector, SparseView
 
 pytestmark = [pytest.mark.faults, pytest.mark.cluster]
 

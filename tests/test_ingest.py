@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 from _ingest_helpers import write_corpus
 
-from milco_os.connection import ConnectionSettings
-from milco_os.corpus import read_files
+from milco_os.core.errors import IncompatibleIndexError
 from milco_os.engines import BulkFailure, TransientEngineError, open_engine
 from milco_os.engines.base import Engine
-from milco_os.errors import IncompatibleIndexError
-from milco_os.ingest import IngestError, Ingestor, engine_id
-from milco_os.spec import BatchSizes, IngestSpec
+from milco_os.engines.connection import ConnectionSettings
+from milco_os.index.spec import BatchSizes, IngestSpec
+from milco_os.pipeline.ingest import IngestError, Ingestor, engine_id
+from milco_os.text.corpus import read_files
 
 pytestmark = pytest.mark.cluster
 

@@ -16,8 +16,8 @@ from _ingest_helpers import write_corpus
 from click.testing import CliRunner
 
 from milco_os.cli import main
-from milco_os.connection import ConnectionSettings
 from milco_os.engines import open_engine
+from milco_os.engines.connection import ConnectionSettings
 
 pytestmark = pytest.mark.cluster
 

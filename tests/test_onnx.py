@@ -15,6 +15,7 @@ from _model_helpers import make_tiny
 from click.testing import CliRunner
 
 from milco_os.cli import main
+from milco_os.core.errors import ModelLoadError
 from milco_os.encoders import OnnxSparseEncoder, SparseEncoder, choose_backend, load_encoder
 from milco_os.encoders.onnx import (
     GRAPHS,
@@ -23,7 +24,6 @@ from milco_os.encoders.onnx import (
     exportable,
     top10_agreement,
 )
-from milco_os.errors import ModelLoadError
 from milco_os.models import named
 
 RELATIVE = 1e-5  # of the vector's heaviest weight

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from milco_os.pruning import Pruning, mass, term_stats, threshold, topk
-from milco_os.sparse import SparseVector, SparseView
+from milco_os.vectors.pruning import Pruning, mass, term_stats, threshold, topk
+from milco_os.vectors.sparse import SparseVector, SparseView
 
 
 def random_view(seed: int, n: int = 200) -> SparseView:

@@ -1,4 +1,4 @@
-"""Query bodies (milco_os.query) and index mappings (milco_os.engines.mappings)."""
+"""Query bodies (milco_os.engines.query) and index mappings (milco_os.engines.mappings)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pytest
 import milco_os.engines
 import milco_os.engines.local
 import milco_os.engines.mappings
-import milco_os.query
-import milco_os.search
+import milco_os.engines.query
+import milco_os.pipeline.search
 from milco_os.engines.mappings import TEXT_ANALYZERS, index_body, mapping_template
-from milco_os.query import (
+from milco_os.engines.query import (
     NEURAL_SPARSE_MAX_WEIGHT,
     EmptyQueryWarning,
     QueryPrunedWarning,
@@ -23,7 +23,7 @@ from milco_os.query import (
     build_search_body,
     sent_terms,
 )
-from milco_os.sparse import SparseVector, SparseView
+from milco_os.vectors.sparse import SparseVector, SparseView
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,8 +40,9 @@ def boosts(body: dict) -> dict[str, float]:
             for c in body["query"]["bool"]["should"] if "rank_feature" in c}
 
 
-@pytest.mark.parametrize("module", [milco_os.query, milco_os.engines.mappings, milco_os.search,
-                                    milco_os.engines, milco_os.engines.local])
+@pytest.mark.parametrize("module", [milco_os.engines.query, milco_os.engines.mappings,
+                                    milco_os.pipeline.search, milco_os.engines,
+                                    milco_os.engines.local])
 def test_doctests(module) -> None:
     assert doctest.testmod(module).failed == 0
 

@@ -19,17 +19,17 @@ from _ingest_helpers import write_corpus
 from click.testing import CliRunner
 
 from milco_os.cli import main
-from milco_os.connection import ConnectionSettings
-from milco_os.corpus import CorpusFileError, read_files
+from milco_os.core.errors import IncompatibleIndexError
+from milco_os.core.retry import RetryPolicy
 from milco_os.engines import open_engine
 from milco_os.engines.base import BulkDocument
 from milco_os.engines.bulk import BulkSender
 from milco_os.engines.cluster import classify_error
+from milco_os.engines.connection import ConnectionSettings
 from milco_os.engines.opensearch import OpenSearchEngine
-from milco_os.errors import IncompatibleIndexError
-from milco_os.ingest import IngestError, Ingestor
-from milco_os.retry import RetryPolicy
-from milco_os.spec import BatchSizes, EngineSettings, IngestSpec
+from milco_os.index.spec import BatchSizes, EngineSettings, IngestSpec
+from milco_os.pipeline.ingest import IngestError, Ingestor
+from milco_os.text.corpus import CorpusFileError, read_files
 
 pytestmark = pytest.mark.cluster
 

@@ -14,13 +14,13 @@ from safetensors.torch import load_file, save_file
 from transformers import BertConfig, BertForMaskedLM
 
 from milco_os.cli import main
-from milco_os.corpus import read_files
+from milco_os.core.errors import ModelLoadError
 from milco_os.engines.local import LocalEngine
-from milco_os.errors import ModelLoadError
-from milco_os.ingest import IngestError, Ingestor
+from milco_os.index.spec import BatchSizes, IngestSpec, SpecError
 from milco_os.models.registry import load_sparse_model
-from milco_os.pruning import Pruning
-from milco_os.spec import BatchSizes, IngestSpec, SpecError
+from milco_os.pipeline.ingest import IngestError, Ingestor
+from milco_os.text.corpus import read_files
+from milco_os.vectors.pruning import Pruning
 
 
 def test_blank_stdin_lines_keep_encode_output_aligned(tmp_path) -> None:

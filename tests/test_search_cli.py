@@ -13,10 +13,10 @@ import pytest
 from click.testing import CliRunner
 
 from milco_os.cli import main
-from milco_os.connection import ConnectionSettings
-from milco_os.documents import build_source
 from milco_os.engines import open_engine
-from milco_os.sparse import SparseVector, SparseView
+from milco_os.engines.connection import ConnectionSettings
+from milco_os.pipeline.documents import build_source
+from milco_os.vectors.sparse import SparseVector, SparseView
 
 search_cli = importlib.import_module("milco_os.cli.search")  # `milco_os.cli.search` is the command
 CORPUS = {  # doc id -> passages

@@ -12,10 +12,10 @@ from _ingest_helpers import write_corpus
 from click.testing import CliRunner
 
 from milco_os.cli import main
-from milco_os.connection import ConnectionSettings
 from milco_os.devcluster import ClusterState, LocalCluster
 from milco_os.devcluster.security import make_certificates
 from milco_os.engines import EngineError, open_engine
+from milco_os.engines.connection import ConnectionSettings
 
 pytestmark = [pytest.mark.cluster, pytest.mark.security]
 

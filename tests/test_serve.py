@@ -26,14 +26,14 @@ from _model_helpers import favour_pivot_term, make_tiny
 from click.testing import CliRunner
 
 from milco_os.cli import main
-from milco_os.documents import build_source
 from milco_os.encoders import SparseEncoder
 from milco_os.engines.local import LocalEngine
-from milco_os.pruning import Pruning
-from milco_os.query import SparseQuery, build_search_body
-from milco_os.search import Searcher, SearchOptions
-from milco_os.sparse import VIEWS
-from milco_os.terms import decoded, engine_features
+from milco_os.engines.query import SparseQuery, build_search_body
+from milco_os.engines.terms import decoded, engine_features
+from milco_os.pipeline.documents import build_source
+from milco_os.pipeline.search import Searcher, SearchOptions
+from milco_os.vectors.pruning import Pruning
+from milco_os.vectors.sparse import VIEWS
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TOKEN = "s3cret-token-for-tests"

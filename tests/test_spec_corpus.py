@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from milco_os.corpus import Document, FieldMap, RecordError, read_files, shard
-from milco_os.passages import PassageSplitter
-from milco_os.spec import IngestSpec, SpecError
+from milco_os.index.spec import IngestSpec, SpecError
+from milco_os.text.corpus import Document, FieldMap, RecordError, read_files, shard
+from milco_os.text.passages import PassageSplitter
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Engine-safe feature names and values (milco_os.terms, milco_os.documents)."""
+"""Engine-safe feature names and values (milco_os.engines.terms, milco_os.pipeline.documents)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,9 @@ import random
 import numpy as np
 import pytest
 
-import milco_os.documents
-import milco_os.terms
-from milco_os.documents import build_source
-from milco_os.sparse import SparseVector, SparseView
-from milco_os.terms import (
+import milco_os.engines.terms
+import milco_os.pipeline.documents
+from milco_os.engines.terms import (
     FLOAT_MIN_NORMAL,
     FeatureValueError,
     convert_view,
@@ -21,13 +19,15 @@ from milco_os.terms import (
     encode_term,
     engine_features,
 )
+from milco_os.pipeline.documents import build_source
+from milco_os.vectors.sparse import SparseVector, SparseView
 
 
 def view(terms: list[str], weights: list[float]) -> SparseView:
     return SparseView(np.arange(len(terms)), np.array(weights, np.float32), tuple(terms))
 
 
-@pytest.mark.parametrize("module", [milco_os.terms, milco_os.documents])
+@pytest.mark.parametrize("module", [milco_os.engines.terms, milco_os.pipeline.documents])
 def test_doctests(module) -> None:
     assert doctest.testmod(module).failed == 0
 

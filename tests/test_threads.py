@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from milco_os import threads
-from milco_os.errors import InputError
+from milco_os.core import threads
+from milco_os.core.errors import InputError
 
 
 @pytest.fixture(autouse=True)

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from milco_os.corpus import read_files
 from milco_os.encoders import SparseEncoder
 from milco_os.engines.local import LocalEngine
-from milco_os.ingest import Ingestor
-from milco_os.search import Searcher
-from milco_os.spec import EncodeFields, IngestSpec, Passages
+from milco_os.index.spec import EncodeFields, IngestSpec, Passages
+from milco_os.pipeline.ingest import Ingestor
+from milco_os.pipeline.search import Searcher
+from milco_os.text.corpus import read_files
 
 TEXT = "The city has a harbour, a university, old row houses and busy markets. " * 3
 CITIES = ["Denver", "Chicago", "Seattle", "Baltimore"]  # the answer is indexed last: ties lose

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from milco_os.evaluation import evaluate, exact_run, exact_scores
-from milco_os.sparse import SparseVector, SparseView
 from milco_os.training.data import read_ntrex, read_tatoeba
 from milco_os.training.noise import noise_term
+from milco_os.vectors.sparse import SparseVector, SparseView
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "training"))

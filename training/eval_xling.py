@@ -46,9 +46,9 @@ sys.path.insert(0, str(REPO))  # run from a checkout
 import xling_diagnostics as diagnostics  # noqa: E402
 
 from milco_os import evaluation as ev  # noqa: E402
-from milco_os.corpus import Document  # noqa: E402
-from milco_os.errors import InputError  # noqa: E402
+from milco_os.core.errors import InputError  # noqa: E402
 from milco_os.evaluation.datasets import EvalDataset, Qrels, Query  # noqa: E402
+from milco_os.text.corpus import Document  # noqa: E402
 from milco_os.training.data import (  # noqa: E402
     ntrex_heldout_mask,
     ntrex_lines,
@@ -331,8 +331,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def open_evaluation_engine(args: argparse.Namespace) -> Any:
     """The engine of the engine rows: a temporary local index (``--local``), the cluster
     at ``--url`` or ``MILCO_OS_URL``, or None (exact rows only)."""
-    from milco_os.connection import ConnectionSettings
     from milco_os.engines import open_engine
+    from milco_os.engines.connection import ConnectionSettings
 
     if args.local:
         return open_engine(None, engine="local",

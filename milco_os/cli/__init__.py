@@ -19,16 +19,16 @@ from milco_os.cli.ingest import ingest
 from milco_os.cli.model import model
 from milco_os.cli.search import dsl, search
 from milco_os.cli.serve import serve
-from milco_os.connection import redact_credentials, use_local_cluster
+from milco_os.core.errors import MilcoOSError
 from milco_os.devcluster import endpoint
-from milco_os.errors import MilcoOSError
+from milco_os.engines.connection import redact_credentials, use_local_cluster
 
 
 class MilcoGroup(click.Group):
     """The one place where errors become one line on stderr and an exit status.
 
-    :class:`~milco_os.errors.MilcoOSError` kinds carry their exit status (see
-    :mod:`milco_os.errors`); an OS error (a file that cannot be read) is bad input;
+    :class:`~milco_os.core.errors.MilcoOSError` kinds carry their exit status (see
+    :mod:`milco_os.core.errors`); an OS error (a file that cannot be read) is bad input;
     anything else is a bug, reported in one line (``MILCO_OS_DEBUG=1``: the traceback).
     """
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from milco_os.core.errors import MilcoOSError
 from milco_os.devcluster import (
     DISTRIBUTIONS,
     ClusterOptionError,
@@ -22,7 +23,6 @@ from milco_os.devcluster import (
     docker,
 )
 from milco_os.devcluster.security import SECURE_VERSION
-from milco_os.errors import MilcoOSError
 
 DEFAULT_HEAP = "512m"
 

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from milco_os.cli.options import BACKEND, DEVICE, PRUNE, load_encoder
-from milco_os.errors import InputError
+from milco_os.core.errors import InputError
 from milco_os.models.locations import DEFAULT_MODEL
 
 TOP_TERMS = 20
@@ -39,7 +39,7 @@ def encode(model_path: str, kind: str, prune: Any, max_length: int | None, batch
 
     Output stays line-aligned with the input: a blank line gets an empty vector.
     """
-    from milco_os.sparse import SparseVector, SparseView
+    from milco_os.vectors.sparse import SparseVector, SparseView
 
     inputs = _read_texts(texts)
     encoder = load_encoder(model_path, device, backend, kind)

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from milco_os.cli.options import BACKEND, UNIT_INTERVAL, connection_options
-from milco_os.connection import ConnectionSettings
+from milco_os.engines.connection import ConnectionSettings
 from milco_os.evaluation.sweep import MODE_CHOICES
 
 

@@ -12,11 +12,11 @@ from typing import Any
 import click
 
 from milco_os.cli.options import PRUNE, connection_options
-from milco_os.connection import ConnectionSettings
+from milco_os.core.errors import InputError
 from milco_os.engines.approximate import BuildSettings
-from milco_os.errors import InputError
+from milco_os.engines.connection import ConnectionSettings
 from milco_os.models.locations import DEFAULT_MODEL
-from milco_os.sparse import VIEWS
+from milco_os.vectors.sparse import VIEWS
 
 
 def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from milco_os.cli.options import DEVICE, PRUNE, check_model, connection_options, load_encoder
-from milco_os.connection import ConnectionSettings
+from milco_os.engines.connection import ConnectionSettings
 
 
 def _parse_shard(_ctx: click.Context, _param: click.Parameter, value: str | None
@@ -73,8 +73,8 @@ def ingest(index: str, spec_path: str | None, inputs: tuple[str, ...], model: st
     the report is still printed).
     """
     from milco_os.engines import open_engine
-    from milco_os.ingest import IngestError, Ingestor, read_source
-    from milco_os.spec import IngestSpec
+    from milco_os.index.spec import IngestSpec
+    from milco_os.pipeline.ingest import IngestError, Ingestor, read_source
 
     spec = IngestSpec.load(spec_path) if spec_path else IngestSpec.find(index)
     if spec is None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from milco_os.errors import InputError
+from milco_os.core.errors import InputError
 from milco_os.models.locations import DEFAULT_MODEL
 
 if TYPE_CHECKING:

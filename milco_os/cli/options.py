@@ -3,7 +3,7 @@
 Every option value is checked by its Click type before a command runs (ranges,
 NaN/inf, devices, URLs, pruning specs), so a wrong value is one line naming the
 option. Models are loaded through :func:`load_encoder`, which turns any failure
-into a :class:`~milco_os.errors.ModelLoadError` naming the model.
+into a :class:`~milco_os.core.errors.ModelLoadError` naming the model.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from urllib.parse import urlsplit
 
 import click
 
-from milco_os.connection import ENGINES, ConnectionSettings
+from milco_os.core.errors import MilcoOSError, ModelLoadError
 from milco_os.encoders import AUTO, BACKENDS
-from milco_os.errors import MilcoOSError, ModelLoadError
+from milco_os.engines.connection import ENGINES, ConnectionSettings
 
 
 class FiniteFloat(click.FloatRange):
@@ -38,13 +38,13 @@ class FiniteFloat(click.FloatRange):
 
 class PruneSpec(click.ParamType):
     """``none | mass:P | topk:K | threshold:T``, parsed here (the only parse of the option),
-    passed on as the :class:`~milco_os.pruning.Pruning`."""
+    passed on as the :class:`~milco_os.vectors.pruning.Pruning`."""
 
     name = "prune"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
                 ) -> Any:
-        from milco_os.pruning import Pruning
+        from milco_os.vectors.pruning import Pruning
 
         if isinstance(value, Pruning):  # a default already parsed
             return value
@@ -108,9 +108,9 @@ BACKEND = click.option(
 
 
 def index_model(engine: Any, index: str, model: str | None, force: bool = False) -> str:
-    """``model``, else the model ``index`` records (:func:`~milco_os.compatibility.
+    """``model``, else the model ``index`` records (:func:`~milco_os.index.compatibility.
     model_for_index`); a forced mismatch is a ``warning:`` line."""
-    from milco_os.compatibility import model_for_index
+    from milco_os.index.compatibility import model_for_index
 
     chosen, warnings = model_for_index(index, engine.meta(index), model, force=force)
     for warning in warnings:

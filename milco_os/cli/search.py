@@ -21,14 +21,14 @@ from milco_os.cli.options import (
     index_model,
     load_encoder,
 )
-from milco_os.connection import ConnectionSettings
-from milco_os.errors import InputError
-from milco_os.query import MODES, TWO_PHASE_EXPANSION_RATE, TWO_PHASE_PRUNE_RATIO
+from milco_os.core.errors import InputError
+from milco_os.engines.connection import ConnectionSettings
+from milco_os.engines.query import MODES, TWO_PHASE_EXPANSION_RATE, TWO_PHASE_PRUNE_RATIO
 
 
 def _options(alpha: float | None, mode: str, collapse: bool, query_prune: Any | None,
              bm25_fields: tuple[str, ...], prune_ratio: float, expansion_rate: float) -> Any:
-    from milco_os.search import SearchOptions
+    from milco_os.pipeline.search import SearchOptions
 
     prune = query_prune.apply if query_prune else None
     fields = {"text_fields": bm25_fields} if bm25_fields else {}
@@ -86,14 +86,14 @@ _OPTION_NAMES = ("alpha", "mode", "prune_ratio", "expansion_rate", "query_prune"
 
 def _set_query_threads(n: int | None) -> None:
     if n is not None:
-        from milco_os.threads import configure
+        from milco_os.core.threads import configure
 
         configure(query=n)
 
 
 def query_options(func: Any) -> Any:
     """The options of :data:`_query_options` (but --device, --backend), passed as one ``options``:
-    a :class:`~milco_os.search.SearchOptions`."""
+    a :class:`~milco_os.pipeline.search.SearchOptions`."""
     @functools.wraps(func)
     def command(*args: Any, **kwargs: Any) -> Any:
         kwargs["options"] = _options(**{name: kwargs.pop(name) for name in _OPTION_NAMES})
@@ -124,7 +124,7 @@ def search(texts: tuple[str, ...], index_name: str, model: str | None, k: int,
 
     Hit ids are the corpus's own document ids.
     """
-    from milco_os.search import Searcher
+    from milco_os.pipeline.search import Searcher
 
     encoder = load_encoder(index_model(engine, index_name, model, force), device, backend)
     searcher = Searcher(engine, index_name, encoder, options)
@@ -175,7 +175,7 @@ def dsl(text: str, model: str | None, index_name: str | None, k: int, options: A
     (OpenSearch for the local engine) with the default clause limit (1024).
     """
     from milco_os.engines import open_engine
-    from milco_os.query import build_search_body
+    from milco_os.engines.query import build_search_body
 
     if not (model or index_name):
         raise click.UsageError("give --model, or --index to use the model recorded there")

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from milco_os.cli.options import BACKEND, PRUNE, connection_options, index_model
-from milco_os.connection import ConnectionSettings
+from milco_os.engines.connection import ConnectionSettings
 
 
 @click.command()
@@ -64,7 +64,7 @@ def serve(model: str, host: str, port: int, workers: int, device: str | None, ba
     stops accepting connections and answers the requests already received first.
     """
     _require_serve_extra()
-    from milco_os.errors import MilcoOSError
+    from milco_os.core.errors import MilcoOSError
     from milco_os.serve.config import ServeConfig, read_token
 
     try:
@@ -94,8 +94,8 @@ def _require_serve_extra() -> None:
 def _engine(settings: ConnectionSettings, model: str, indexes: tuple[str, ...],
             force: bool) -> Any:
     """The engine /dsl and /search use; each --index must exist and match the model."""
-    from milco_os.connection import ConnectionSettingsError
     from milco_os.engines import EngineError, open_engine
+    from milco_os.engines.connection import ConnectionSettingsError
 
     try:
         engine = open_engine(settings)

@@ -10,14 +10,13 @@ Elasticsearch 8.x/9.x.
 
 This package is a tool beside the library, not part of it: the library reaches
 a local cluster only through the hook :func:`endpoint`, which the command line
-installs with :func:`milco_os.connection.use_local_cluster`.
+installs with :func:`milco_os.engines.connection.use_local_cluster`.
 """
 
 from __future__ import annotations
 
 import os
 
-from milco_os.connection import ClusterUnreachableError, LocalEndpoint
 from milco_os.devcluster.cluster import LocalCluster, check_heap, check_port
 from milco_os.devcluster.distributions import (
     DISTRIBUTIONS,
@@ -29,6 +28,7 @@ from milco_os.devcluster.distributions import (
 )
 from milco_os.devcluster.errors import ClusterError, ClusterOptionError
 from milco_os.devcluster.nodes import ClusterState, NodeState
+from milco_os.engines.connection import ClusterUnreachableError, LocalEndpoint
 
 __all__ = [
     "DISTRIBUTIONS",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from milco_os.errors import InputError, ServiceError
+from milco_os.core.errors import InputError, ServiceError
 
 
 class ClusterError(ServiceError):

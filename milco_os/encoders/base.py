@@ -2,7 +2,7 @@
 
 :class:`TextEncoder` does everything but the forward pass: it checks and tokenizes
 texts, batches them by length, and turns the model's dense outputs (pivot weights per
-English piece, echo weights per input position) into :class:`~milco_os.sparse.SparseVector`.
+English piece, echo weights per input position) into :class:`~milco_os.vectors.sparse.SparseVector`.
 A backend (:mod:`~milco_os.encoders.pytorch`, :mod:`~milco_os.encoders.onnx`) supplies
 :meth:`TextEncoder.forward`. This module imports no torch, so a backend that needs none
 starts fast.
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from milco_os.corpus import unicode_problem
-from milco_os.sparse import SparseVector, SparseView
-from milco_os.threads import threads_for
+from milco_os.core.threads import threads_for
+from milco_os.text.corpus import unicode_problem
+from milco_os.vectors.sparse import SparseVector, SparseView
 
 KINDS = ("query", "document")
 DEFAULT_MAX_LENGTH = {"query": 64, "document": 512}
@@ -101,7 +101,7 @@ class TextEncoder(ABC):
         tokens for queries and 512 for documents (capped by the model's positions).
         ``keep_special_tokens=False`` drops special tokens (``<s>``, ``</s>``, ``[CLS]``...)
         from both views; by default they are kept, as the model was trained with them.
-        ``threads``: CPU threads for this call [default: :mod:`milco_os.threads`' policy,
+        ``threads``: CPU threads for this call [default: :mod:`milco_os.core.threads`' policy,
         few for a query, all cores for a batch].
         """
         if kind not in KINDS:

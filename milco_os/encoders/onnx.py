@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from milco_os.core.errors import ModelLoadError
 from milco_os.encoders.base import TextEncoder, Vocabulary, load_tokenizer
-from milco_os.errors import ModelLoadError
 from milco_os.models.locations import cache_root, model_dir
 
 EXPORT_VERSION = 1  # bump when the exported graph's math or inputs change

@@ -7,7 +7,7 @@
 >>> len(vector.pivot) > 0 and len(vector.echo) > 0
 True
 
-Each text gives a :class:`~milco_os.sparse.SparseVector`: the pivot view over English
+Each text gives a :class:`~milco_os.vectors.sparse.SparseVector`: the pivot view over English
 word pieces (``baltimore``, ``##ing``) and the echo view over the model's own input
 pieces (``▁Bal``), where the echo weights of repeated pieces are summed.
 """
@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from milco_os.core.threads import torch_threads
 from milco_os.encoders.base import TextEncoder, Vocabulary, load_tokenizer
 from milco_os.models.base import SparseModel
 from milco_os.models.registry import load_sparse_model
-from milco_os.threads import torch_threads
 
 # Batch rows x positions whose vocabulary logits are held at once (~60 MB in fp32).
 PIVOT_CHUNK_ROWS = 512

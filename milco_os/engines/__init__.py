@@ -1,5 +1,15 @@
 """Search backends behind one interface (:class:`Engine`); :func:`open_engine` picks one.
 
+- :mod:`~milco_os.engines.connection`: how a cluster is reached (URL, credentials, TLS);
+- :mod:`~milco_os.engines.terms`: feature names and values an engine accepts;
+- :mod:`~milco_os.engines.query`: the query DSL for sparse vectors;
+- :mod:`~milco_os.engines.mappings`: index mappings and settings;
+- :mod:`~milco_os.engines.base`, :mod:`~milco_os.engines.bulk`: the :class:`Engine`
+  interface and bulk requests;
+- :mod:`~milco_os.engines.opensearch`, :mod:`~milco_os.engines.elasticsearch` (over
+  :mod:`~milco_os.engines.cluster`) and :mod:`~milco_os.engines.local` (exact, on disk,
+  with :mod:`~milco_os.engines.text` for BM25 and :mod:`~milco_os.engines.approximate`).
+
 >>> import tempfile
 >>> open_engine(None, "local", local_path=tempfile.mkdtemp()).name
 'local'
@@ -9,9 +19,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from milco_os.connection import ENGINES, ConnectionSettings, NoClusterError
+from milco_os.core.errors import EngineError, IndexNotFoundError, TransientEngineError
 from milco_os.engines.base import BulkFailure, Engine, Hit, MissingAnalyzersWarning
-from milco_os.errors import EngineError, IndexNotFoundError, TransientEngineError
+from milco_os.engines.connection import ENGINES, ConnectionSettings, NoClusterError
 
 __all__ = [
     "ENGINES",

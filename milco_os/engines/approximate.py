@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from milco_os.errors import InputError
+from milco_os.core.errors import InputError
 
 GROUP_WIDTH = 65_535  # Seismic stores components as 16-bit ids
 SUFFIX = ".index.seismic"  # what SeismicIndex.save appends to the path it is given

@@ -14,10 +14,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from milco_os.errors import EngineError, InvalidIndexNameError
+from milco_os.core.errors import EngineError, InvalidIndexNameError
 
 if TYPE_CHECKING:
-    from milco_os.query import SparseQuery
+    from milco_os.engines.query import SparseQuery
 
 MAX_ID_BYTES = 512  # OpenSearch and Elasticsearch refuse a longer _id (the whole bulk request)
 
@@ -183,7 +183,7 @@ class Engine(ABC):
     def search_body(self, query: SparseQuery, k: int = 10) -> dict[str, Any]:
         """The query DSL body :meth:`search` sends (engines with a :attr:`flavour`)."""
         raise EngineError(f"the {self.name} engine has no query DSL; build a body for a "
-                          "cluster with milco_os.query.build_search_body")
+                          "cluster with milco_os.engines.query.build_search_body")
 
     @abstractmethod
     def get_sources(self, index: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:

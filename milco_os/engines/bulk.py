@@ -25,9 +25,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
+from milco_os.core.errors import EngineError
+from milco_os.core.retry import RetryPolicy, is_transient
 from milco_os.engines.base import BulkDocument, BulkFailure, Engine
-from milco_os.errors import EngineError
-from milco_os.retry import RetryPolicy, is_transient
 
 # Statuses of a bulk request refused whole because of what it holds (a malformed action,
 # an id too long, a body too large): split it, so only the offending documents fail.

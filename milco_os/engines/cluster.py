@@ -16,7 +16,13 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote
 
-from milco_os.connection import ConnectionSettings
+from milco_os.core.errors import (
+    EngineError,
+    IndexExistsError,
+    IndexNotFoundError,
+    TransientEngineError,
+)
+from milco_os.core.retry import is_transient
 from milco_os.engines.base import (
     TEXT_FIELDS,
     BulkDocument,
@@ -26,10 +32,9 @@ from milco_os.engines.base import (
     MissingAnalyzersWarning,
     check_index_name,
 )
+from milco_os.engines.connection import ConnectionSettings
 from milco_os.engines.mappings import TEXT_ANALYZERS, index_body
-from milco_os.errors import EngineError, IndexExistsError, IndexNotFoundError, TransientEngineError
-from milco_os.query import SparseQuery, bm25_body, build_search_body
-from milco_os.retry import is_transient
+from milco_os.engines.query import SparseQuery, bm25_body, build_search_body
 
 
 def error_reason(error: Any) -> str:
@@ -82,7 +87,7 @@ class ClusterEngine(Engine):
 
     @property
     def query_flavour(self) -> str:
-        """The query dialect (:data:`milco_os.query.FLAVOURS`) this cluster speaks."""
+        """The query dialect (:data:`milco_os.engines.query.FLAVOURS`) this cluster speaks."""
         return self.flavour
 
     def __init__(self, settings: ConnectionSettings, client: Any | None = None) -> None:

@@ -15,7 +15,7 @@ Language analyzers exist only where the ``analysis-common`` module is installed
 (not in the ``integ-test-zip`` distribution): otherwise ``text`` is indexed with
 ``standard`` and :class:`~milco_os.engines.base.MissingAnalyzersWarning` says so.
 
->>> from milco_os.connection import ConnectionSettings
+>>> from milco_os.engines.connection import ConnectionSettings
 >>> settings = ConnectionSettings(url="http://127.0.0.1:9200", engine="elasticsearch")
 >>> ElasticsearchEngine(settings).name
 'elasticsearch'
@@ -32,8 +32,8 @@ from urllib.parse import urlencode
 from elastic_transport import ConnectionError as ESConnectionError
 from elastic_transport import ConnectionTimeout
 
+from milco_os.core.errors import EngineError, TransientEngineError
 from milco_os.engines.cluster import ClusterEngine, classify_error
-from milco_os.errors import EngineError, TransientEngineError
 
 TERM_QUERY_CLAUSES = 1024  # 8.x sizes its limit from the heap, never below 1024
 

@@ -28,8 +28,8 @@ approximate; ``LocalEngine(exact=True)`` ignores it.
 >>> engine.create_index("demo", meta={"model": "m", "views": ["pivot"], "pruning": "none"})
 >>> engine.bulk_index("demo", [("d1#0", {"doc_id": "d1", "passage": 0, "pivot": {"dog": 2.0}})])
 []
->>> from milco_os.query import SparseQuery
->>> from milco_os.sparse import SparseVector, SparseView
+>>> from milco_os.engines.query import SparseQuery
+>>> from milco_os.vectors.sparse import SparseVector, SparseView
 >>> q = SparseQuery(SparseVector(SparseView.from_pairs([(1, "dog", 1.5)])))
 >>> [(h.id, h.score) for h in engine.search("demo", q)]
 [('d1#0', 3.0)]
@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from milco_os.core.errors import EngineError, IndexNotFoundError, InvalidIndexNameError
 from milco_os.engines.approximate import (
     ApproximateIndex,
     BuildSettings,
@@ -63,11 +64,10 @@ from milco_os.engines.approximate import (
 )
 from milco_os.engines.base import TEXT_FIELDS, BulkFailure, Engine, Hit, best_per_document
 from milco_os.engines.mappings import complete_meta, mapping_template
+from milco_os.engines.query import SparseQuery, Terms, searched_terms
+from milco_os.engines.terms import FLOAT_MIN_NORMAL
 from milco_os.engines.text import FieldIndex, best_field_scores
-from milco_os.errors import EngineError, IndexNotFoundError, InvalidIndexNameError
-from milco_os.query import SparseQuery, Terms, searched_terms
-from milco_os.sparse import VIEWS
-from milco_os.terms import FLOAT_MIN_NORMAL
+from milco_os.vectors.sparse import VIEWS
 
 INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,200}$")
 FIELDS = frozenset(mapping_template("opensearch")["mappings"]["properties"])

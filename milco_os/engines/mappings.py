@@ -31,7 +31,7 @@ from collections.abc import Collection
 from typing import Any
 
 from milco_os import __version__
-from milco_os.sparse import VIEWS
+from milco_os.vectors.sparse import VIEWS
 
 # Sub-field name -> built-in analyzer (both engines' `analysis-common` module).
 TEXT_ANALYZERS = {

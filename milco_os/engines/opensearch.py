@@ -1,7 +1,7 @@
 """OpenSearch through ``opensearch-py``: ``rank_features`` fields, ``rank_feature``
 queries (or ``neural_sparse`` when the neural-search plugin is installed).
 
->>> from milco_os.connection import ConnectionSettings
+>>> from milco_os.engines.connection import ConnectionSettings
 >>> engine = OpenSearchEngine(ConnectionSettings(url="http://127.0.0.1:9200"))
 >>> engine.name
 'opensearch'
@@ -15,9 +15,9 @@ from typing import Any
 from opensearchpy.exceptions import ConnectionError as OSConnectionError
 from opensearchpy.exceptions import TransportError
 
+from milco_os.core.errors import EngineError, TransientEngineError
 from milco_os.engines.cluster import ClusterEngine, classify_error
-from milco_os.errors import EngineError, TransientEngineError
-from milco_os.query import CLAUSE_SETTING, DEFAULT_MAX_CLAUSE_COUNT
+from milco_os.engines.query import CLAUSE_SETTING, DEFAULT_MAX_CLAUSE_COUNT
 
 NEURAL_SEARCH_PLUGIN = "opensearch-neural-search"
 

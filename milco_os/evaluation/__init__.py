@@ -3,7 +3,7 @@
 The data flow, one module per step:
 
 - :mod:`~milco_os.evaluation.retrieval`: search every query (a
-  :class:`~milco_os.search.Searcher` over a cluster or the local engine, or
+  :class:`~milco_os.pipeline.search.Searcher` over a cluster or the local engine, or
   :class:`BM25Searcher`), keep each document's best passage (the paper's "max
   passage" for long documents), time each search: a :class:`Retrieval`.
 - :mod:`~milco_os.evaluation.bm25`: the BM25 baseline on the same index's text.
@@ -21,7 +21,7 @@ The data flow, one module per step:
 
 >>> import tempfile
 >>> from milco_os.engines.local import LocalEngine
->>> from milco_os.sparse import SparseVector, SparseView
+>>> from milco_os.vectors.sparse import SparseVector, SparseView
 >>> from milco_os.evaluation.datasets import Query
 >>> engine = LocalEngine(tempfile.mkdtemp())
 >>> engine.create_index("news", meta={"model": "m", "views": ["pivot"], "pruning": "none"})
@@ -64,7 +64,7 @@ from milco_os.evaluation.sweep import (
     write_sweep,
 )
 from milco_os.evaluation.tables import compare, format_table, language_table, markdown_table
-from milco_os.search import Searcher
+from milco_os.pipeline.search import Searcher
 
 __all__ = [
     "BM25_FIELDS", "DEFAULT_METRICS", "MODE_CHOICES", "VIEW_CHOICES", "BM25Searcher",

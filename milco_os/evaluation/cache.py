@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from milco_os.search import QueryEncoder
-from milco_os.sparse import SparseVector
+from milco_os.pipeline.search import QueryEncoder
+from milco_os.vectors.sparse import SparseVector
 
 # options that change how a text is computed, not what it encodes to (padding within a
 # batch moves the last float bits at most)

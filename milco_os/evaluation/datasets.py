@@ -40,8 +40,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from milco_os.corpus import Document, FieldMap, Record, read_files, to_document
-from milco_os.errors import InputError
+from milco_os.core.errors import InputError
+from milco_os.text.corpus import Document, FieldMap, Record, read_files, to_document
 
 Qrels = dict[str, dict[str, int]]  # query id -> {document id: relevance}
 CorpusReader = Callable[[], Iterator[Record]]
@@ -72,7 +72,7 @@ class EvalDataset:
     """Queries with their languages, qrels, and a corpus reader per language.
 
     ``corpora`` maps a language (``None``: the one shared corpus) to a function
-    that streams the corpus as :class:`milco_os.corpus.Record` (for ingestion).
+    that streams the corpus as :class:`milco_os.text.corpus.Record` (for ingestion).
     """
 
     name: str

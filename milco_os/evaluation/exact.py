@@ -1,7 +1,7 @@
 """Exact in-memory retrieval over encoded vectors: the scores the model defines, with no
 engine in between (no weight quantisation, no clause limits).
 
->>> from milco_os.sparse import SparseVector, SparseView
+>>> from milco_os.vectors.sparse import SparseVector, SparseView
 >>> def vec(pivot):
 ...     return SparseVector(SparseView.from_pairs((i, f"t{i}", w) for i, w in pivot.items()))
 >>> exact_run(exact_scores([vec({1: 2.0})], [vec({1: 1.0}), vec({1: 3.0, 2: 1.0})]),
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from milco_os.evaluation.retrieval import Run
-from milco_os.sparse import SparseVector, to_csr
+from milco_os.vectors.sparse import SparseVector, to_csr
 
 ALL_VIEWS = ("pivot", "echo")
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from milco_os.errors import MilcoOSError
+from milco_os.core.errors import MilcoOSError
 from milco_os.evaluation.sweep import SweepResult
 
 

@@ -10,9 +10,9 @@ from typing import Protocol
 import numpy as np
 
 from milco_os.engines.base import Hit
+from milco_os.engines.query import count_terms, sent_terms
 from milco_os.evaluation.datasets import Query
-from milco_os.query import count_terms, sent_terms
-from milco_os.search import Searcher
+from milco_os.pipeline.search import Searcher
 
 Run = dict[str, dict[str, float]]  # query id -> {document id: score}
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import ir_measures
 
-from milco_os.errors import InputError
+from milco_os.core.errors import InputError
 from milco_os.evaluation.retrieval import Run
 
 if TYPE_CHECKING:

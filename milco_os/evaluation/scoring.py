@@ -9,7 +9,7 @@ from typing import Any
 import ir_measures
 import numpy as np
 
-from milco_os.errors import InputError
+from milco_os.core.errors import InputError
 from milco_os.evaluation.datasets import Qrels, Query
 from milco_os.evaluation.retrieval import Retrieval, Retriever, Run, retrieve
 from milco_os.evaluation.tables import format_table

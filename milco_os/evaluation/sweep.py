@@ -16,17 +16,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from milco_os.compatibility import model_for_index
+from milco_os.core.errors import EngineError, InputError, MilcoOSError
 from milco_os.engines.base import Engine
-from milco_os.errors import EngineError, InputError, MilcoOSError
 from milco_os.evaluation.bm25 import BM25Searcher
 from milco_os.evaluation.datasets import EvalDataset
 from milco_os.evaluation.runfiles import read_trec_run, save_evaluation
 from milco_os.evaluation.scoring import DEFAULT_METRICS, Evaluation, evaluate, parse_metrics
 from milco_os.evaluation.tables import format_table
-from milco_os.pruning import Pruning
-from milco_os.search import QueryEncoder, Searcher, SearchOptions
-from milco_os.sparse import SparseVector, SparseView
+from milco_os.index.compatibility import model_for_index
+from milco_os.pipeline.search import QueryEncoder, Searcher, SearchOptions
+from milco_os.vectors.pruning import Pruning
+from milco_os.vectors.sparse import SparseVector, SparseView
 
 VIEW_CHOICES = ("both", "pivot", "echo")
 MODE_CHOICES = ("default", "two-phase", "hybrid", "bm25")
@@ -219,8 +219,8 @@ class Sweep:
                              "the collection's corpus (--build, with --model)")
         if not self.model:
             raise InputError("building an index needs a model (--model)")
-        from milco_os.ingest import Ingestor
-        from milco_os.spec import IngestSpec, Passages
+        from milco_os.index.spec import IngestSpec, Passages
+        from milco_os.pipeline.ingest import Ingestor
 
         spec = IngestSpec(index=index, model=self.model, prune=doc_prune, lang=lang,
                           max_length=self.build.max_length,

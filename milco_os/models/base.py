@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from milco_os.errors import ModelLoadError
+from milco_os.core.errors import ModelLoadError
 
 
 class CheckpointError(ModelLoadError):

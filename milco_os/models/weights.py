@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from milco_os.errors import ModelLoadError
+from milco_os.core.errors import ModelLoadError
 
 
 def refuse_incomplete(module: nn.Module, loading_info: Mapping[str, Any],

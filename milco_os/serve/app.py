@@ -26,12 +26,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from milco_os.core.errors import EngineError, IndexNotFoundError, MilcoOSError, TransientEngineError
 from milco_os.encoders import KINDS
 from milco_os.engines.base import Engine, Hit
-from milco_os.errors import EngineError, IndexNotFoundError, MilcoOSError, TransientEngineError
-from milco_os.pruning import Pruning
-from milco_os.query import MODES, build_search_body
-from milco_os.search import Explanation, Searcher, SearchOptions
+from milco_os.engines.query import MODES, build_search_body
+from milco_os.pipeline.search import Explanation, Searcher, SearchOptions
 from milco_os.serve.batcher import DynamicBatcher
 from milco_os.serve.config import ServeConfig
 from milco_os.serve.formats import (
@@ -43,7 +42,8 @@ from milco_os.serve.formats import (
 )
 from milco_os.serve.metrics import Metrics
 from milco_os.serve.protocol import Body, RequestError, Unavailable, error_body, parse_json
-from milco_os.sparse import VIEWS, SparseVector
+from milco_os.vectors.pruning import Pruning
+from milco_os.vectors.sparse import VIEWS, SparseVector
 
 logger = logging.getLogger("milco_os.serve")
 

@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from milco_os.errors import InputError
-from milco_os.pruning import Pruning
+from milco_os.core.errors import InputError
+from milco_os.vectors.pruning import Pruning
 
 TOKEN_ENV, TOKEN_FILE_ENV = "MILCO_OS_SERVE_TOKEN", "MILCO_OS_SERVE_TOKEN_FILE"
 
@@ -40,7 +40,7 @@ class ServeConfig:
     max_chars: int = 8192
     timeout_s: float = 30.0
     prune: Pruning = field(default_factory=Pruning)  # the default of /encode answers
-    threads: int | None = None  # torch threads per encode call [default: milco_os.threads]
+    threads: int | None = None  # torch threads per encode call [default: milco_os.core.threads]
     indexes: tuple[str, ...] = ()
     token: str | None = field(default=None, repr=False)
 

@@ -14,7 +14,7 @@
   ids shifted by the pivot vocabulary size (so a shared id never collides), sorted
   by index; ``"name"`` (``pivot.<name>``, the ``rank_feature`` field path) on request.
 
->>> from milco_os.sparse import SparseVector, SparseView
+>>> from milco_os.vectors.sparse import SparseVector, SparseView
 >>> v = SparseVector(SparseView.from_pairs([(7, "u.s", 2.0)]),
 ...                  SparseView.from_pairs([(3, "▁US", 1.0)]))
 >>> item = milco_item(vector_features(v, ("pivot", "echo")), readable=True)
@@ -29,8 +29,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from milco_os.sparse import SparseVector
-from milco_os.terms import decoded, encode_term, engine_features
+from milco_os.engines.terms import decoded, encode_term, engine_features
+from milco_os.vectors.sparse import SparseVector
 
 FORMATS = ("milco", "ml-commons", "elasticsearch")
 ONE_VIEW_FORMATS = ("ml-commons", "elasticsearch")

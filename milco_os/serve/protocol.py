@@ -20,8 +20,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from milco_os.corpus import unicode_problem
-from milco_os.errors import InputError, ServiceError
+from milco_os.core.errors import InputError, ServiceError
+from milco_os.text.corpus import unicode_problem
 
 
 class RequestError(InputError):

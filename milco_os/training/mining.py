@@ -23,8 +23,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from milco_os.encoders import SparseEncoder
-from milco_os.sparse import to_csr
 from milco_os.training.data import Row
+from milco_os.vectors.sparse import to_csr
 
 CHUNK = 1024  # queries scored at once: a dense [CHUNK, pool] block of float32
 

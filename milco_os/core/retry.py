@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from milco_os.errors import TransientEngineError
+from milco_os.core.errors import TransientEngineError
 
 
 def is_transient(status: int) -> bool:

@@ -19,7 +19,7 @@ this module on its way to an engine:
 'u%2Es%2E'
 >>> decode_term(encode_term("100%."))
 '100%.'
->>> from milco_os.sparse import SparseView
+>>> from milco_os.vectors.sparse import SparseView
 >>> engine_features(SparseView.from_pairs([(1, "a.b", 0.5), (2, "c", 1.0)]))
 {'c': 1.0, 'a%2Eb': 0.5}
 """
@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from milco_os.errors import InputError
-from milco_os.sparse import SparseView
+from milco_os.core.errors import InputError
+from milco_os.vectors.sparse import SparseView
 
 FLOAT_MIN_NORMAL = 1.17549435e-38  # smallest value Lucene's FeatureField accepts
 FLOAT32_MAX = float(np.finfo(np.float32).max)

@@ -4,7 +4,7 @@ The pipeline streams the corpus (never holding it all), encodes passages in
 batches on the calling thread, serialises each engine document once, and hands
 them to :mod:`milco_os.engines.bulk`, whose background thread packs requests
 (bounded by documents and by the exact bytes of the body sent) and sends them
-under :class:`~milco_os.retry.RetryPolicy` while encoding goes on; documents the
+under :class:`~milco_os.core.retry.RetryPolicy` while encoding goes on; documents the
 engine refuses (or a request it refuses whole, which is split until the refused
 document is found) are collected with their reason, so a bad record costs only
 itself. Engine ids are deterministic
@@ -14,7 +14,7 @@ itself. Engine ids are deterministic
 The model reads ``title + " " + text`` by default (``encode`` in the spec);
 each passage of a long document carries the document's title. An existing
 index is written only if its ``_meta`` matches the model, views and pruning in
-use (:func:`milco_os.compatibility.check_index`, unless ``force``). While
+use (:func:`milco_os.index.compatibility.check_index`, unless ``force``). While
 loading, the index takes the spec's ``refresh_interval``; however the run ends
 (finished, refused, interrupted, a bad file), the interval it had before is
 restored and written documents are made visible.
@@ -23,7 +23,7 @@ With a model, pass ``SparseEncoder.from_pretrained(spec.model)`` as the
 encoder; records that carry pre-encoded vectors need none:
 
 >>> import tempfile
->>> from milco_os.corpus import to_document, FieldMap
+>>> from milco_os.text.corpus import to_document, FieldMap
 >>> from milco_os.engines import open_engine
 >>> engine = open_engine(None, "local", local_path=tempfile.mkdtemp())
 >>> records = [to_document({"id": "d1", "text": "dogs", "pivot": {"dog": 1.2}}, 0, FieldMap())]
@@ -46,16 +46,16 @@ from typing import Any, TextIO
 import numpy as np
 from tqdm.auto import tqdm
 
-from milco_os.compatibility import check_index
-from milco_os.corpus import Document, Record, RecordError, read_files, read_hub, shard
-from milco_os.documents import build_source
+from milco_os.core.errors import EngineError, InputError, MilcoOSError, TransientEngineError
+from milco_os.core.retry import RetryPolicy
 from milco_os.engines.base import MAX_ID_BYTES, BulkDocument, Engine, id_problem
 from milco_os.engines.bulk import BulkSender, Uploader
-from milco_os.errors import EngineError, InputError, MilcoOSError, TransientEngineError
-from milco_os.passages import PassageSplitter
-from milco_os.retry import RetryPolicy
-from milco_os.sparse import VIEWS, SparseVector, SparseView
-from milco_os.spec import IngestSpec
+from milco_os.index.compatibility import check_index
+from milco_os.index.spec import IngestSpec
+from milco_os.pipeline.documents import build_source
+from milco_os.text.corpus import Document, Record, RecordError, read_files, read_hub, shard
+from milco_os.text.passages import PassageSplitter
+from milco_os.vectors.sparse import VIEWS, SparseVector, SparseView
 
 log = logging.getLogger(__name__)
 

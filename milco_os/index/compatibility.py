@@ -22,8 +22,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from milco_os.errors import IncompatibleIndexError, InputError
-from milco_os.pruning import Pruning
+from milco_os.core.errors import IncompatibleIndexError, InputError
+from milco_os.vectors.pruning import Pruning
 
 MILCO_META_KEYS = ("model", "views", "pruning")  # what every index milco-os creates records
 

@@ -25,7 +25,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from milco_os.errors import InputError
+from milco_os.core.errors import InputError
 
 QUERY_ENV, BATCH_ENV = "MILCO_OS_THREADS", "MILCO_OS_BATCH_THREADS"
 LATENCY_MAX_TEXTS = 4  # calls this small are interactive: latency over throughput

@@ -13,7 +13,7 @@ their exact vectors); ``prune: none`` keeps every term.
 >>> str(spec.pruning), spec.views, spec.batch.encode, spec.encode.fields
 ('none', ('pivot', 'echo'), 32, ('title', 'text'))
 
-``prune`` is parsed once, here, into a :class:`~milco_os.pruning.Pruning` (a spec
+``prune`` is parsed once, here, into a :class:`~milco_os.vectors.pruning.Pruning` (a spec
 string is accepted wherever a spec is built); the ingestor applies exactly the rule
 the index's ``_meta`` records.
 
@@ -38,13 +38,13 @@ from typing import Any
 
 import yaml
 
-from milco_os.corpus import FieldMap
-from milco_os.errors import InputError
+from milco_os.core.errors import InputError
 from milco_os.models.locations import DEFAULT_MODEL
-from milco_os.pruning import Pruning, recommended_document_pruning
-from milco_os.sparse import VIEWS
+from milco_os.text.corpus import FieldMap
+from milco_os.vectors.pruning import Pruning, recommended_document_pruning
+from milco_os.vectors.sparse import VIEWS
 
-SPEC_DIRS = (Path("ingest"), Path(__file__).resolve().parents[1] / "ingest")
+SPEC_DIRS = (Path("ingest"), Path(__file__).resolve().parents[2] / "ingest")
 
 
 class SpecError(InputError):
@@ -244,7 +244,7 @@ class IngestSpec:
     @functools.cached_property
     def pruning(self) -> Pruning:
         """The document pruning applied: ``prune``, else what the model is best indexed
-        with (:func:`~milco_os.pruning.recommended_document_pruning`: ``topk:32`` for
+        with (:func:`~milco_os.vectors.pruning.recommended_document_pruning`: ``topk:32`` for
         milco-small, ``none`` for other models)."""
         return self.prune if self.prune is not None else recommended_document_pruning(self.model)
 

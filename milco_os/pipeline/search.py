@@ -2,7 +2,7 @@
 
 :class:`Searcher` ties an engine, an index and a query encoder together:
 texts are encoded as queries (optionally pruned), turned into
-:class:`~milco_os.query.SparseQuery` objects and searched. Hits carry the
+:class:`~milco_os.engines.query.SparseQuery` objects and searched. Hits carry the
 corpus's own ids (``hit.doc_id``). :meth:`Searcher.explain` recomputes a hit's
 score term by term from the document vectors stored in the index, so the
 shared terms behind a cross-lingual match (a Chinese query, an English
@@ -10,7 +10,7 @@ document) can be read off directly.
 
 >>> import tempfile
 >>> from milco_os.engines.local import LocalEngine
->>> from milco_os.sparse import SparseVector, SparseView
+>>> from milco_os.vectors.sparse import SparseVector, SparseView
 >>> engine = LocalEngine(tempfile.mkdtemp())
 >>> engine.create_index("news", meta={"model": "m", "views": ["pivot"], "pruning": "none"})
 >>> _ = engine.bulk_index("news", [("d1#0", {"doc_id": "d1", "passage": 0,
@@ -34,17 +34,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from milco_os.core.errors import InputError
 from milco_os.engines.base import Engine, Hit, best_per_document
-from milco_os.errors import InputError
-from milco_os.query import (
+from milco_os.engines.query import (
     TWO_PHASE_EXPANSION_RATE,
     TWO_PHASE_PRUNE_RATIO,
     SparseQuery,
     Terms,
     sent_terms,
 )
-from milco_os.sparse import SparseVector
-from milco_os.terms import decode_term
+from milco_os.engines.terms import decode_term
+from milco_os.vectors.sparse import SparseVector
 
 FEATURE_PRECISION = 2.0**-8  # Lucene keeps 9 significant bits of each document weight
 
@@ -57,7 +57,7 @@ class QueryEncoder(Protocol):
 
 @dataclass(frozen=True)
 class SearchOptions:
-    """How queries are built; see :class:`~milco_os.query.SparseQuery` for each option."""
+    """How queries are built; see :class:`~milco_os.engines.query.SparseQuery` for each option."""
 
     alpha: float | None = None
     mode: str = "default"

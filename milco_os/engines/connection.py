@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from milco_os.errors import InputError, ServiceError
+from milco_os.core.errors import InputError, ServiceError
 
 ENGINES = ("opensearch", "elasticsearch", "local")
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from milco_os.models.locations import DEFAULT_MODEL
-from milco_os.sparse import VIEWS, SparseVector, SparseView
+from milco_os.vectors.sparse import VIEWS, SparseVector, SparseView
 
 
 def topk(view: SparseView, k: int) -> SparseView:

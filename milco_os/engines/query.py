@@ -30,7 +30,7 @@ Queries longer than the cluster's ``indices.query.bool.max_clause_count``
 would fail; they are cut to the highest-weighted terms that fit, with a
 :class:`QueryPrunedWarning` naming the setting to raise.
 
->>> from milco_os.sparse import SparseVector, SparseView
+>>> from milco_os.vectors.sparse import SparseVector, SparseView
 >>> q = SparseQuery(SparseVector(SparseView.from_pairs([(1, "dog", 2.0)])))
 >>> build_search_body(q, k=3)["query"]
 {'bool': {'should': [{'rank_feature': {'field': 'pivot.dog', 'linear': {}, 'boost': 2.0}}]}}
@@ -45,8 +45,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from milco_os.sparse import VIEWS, SparseVector
-from milco_os.terms import convert_view
+from milco_os.engines.terms import convert_view
+from milco_os.vectors.sparse import VIEWS, SparseVector
 
 MODES = ("default", "two-phase", "hybrid", "neural-sparse")
 FLAVOURS = ("opensearch", "elasticsearch", "elasticsearch-terms")

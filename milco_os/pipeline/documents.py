@@ -1,7 +1,7 @@
 """Engine documents: one passage of a corpus document with its sparse vector.
 
 >>> import numpy as np
->>> from milco_os.sparse import SparseVector, SparseView
+>>> from milco_os.vectors.sparse import SparseVector, SparseView
 >>> v = SparseVector(SparseView.from_pairs([(1, "u.s", 1.25)]))
 >>> build_source("d1", 0, v, title="T", lang="en")
 {'doc_id': 'd1', 'passage': 0, 'pivot': {'u%2Es': 1.25}, 'echo': {}, 'title': 'T', 'lang': 'en'}
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from milco_os.sparse import VIEWS, SparseVector
-from milco_os.terms import engine_features
+from milco_os.engines.terms import engine_features
+from milco_os.vectors.sparse import VIEWS, SparseVector
 
 
 def build_source(
@@ -26,7 +26,7 @@ def build_source(
 ) -> dict[str, Any]:
     """The ``_source`` of one passage, with engine-safe ``pivot``/``echo`` features.
 
-    Raises :class:`milco_os.terms.FeatureValueError` naming the document and term
+    Raises :class:`milco_os.engines.terms.FeatureValueError` naming the document and term
     when a weight is NaN or infinite.
     """
     if not isinstance(doc_id, str) or not doc_id:

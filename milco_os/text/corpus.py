@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from milco_os.errors import InputError
+from milco_os.core.errors import InputError
 
 FIELDS = ("id", "text", "title", "lang")
 
