@@ -8,7 +8,7 @@
   interface and bulk requests;
 - :mod:`~milco_os.engines.opensearch`, :mod:`~milco_os.engines.elasticsearch` (over
   :mod:`~milco_os.engines.cluster`) and :mod:`~milco_os.engines.local` (exact, on disk,
-  with :mod:`~milco_os.engines.text` for BM25 and :mod:`~milco_os.engines.approximate`).
+  with :mod:`~milco_os.engines.local_bm25` for BM25 and :mod:`~milco_os.engines.approximate`).
 
 >>> import tempfile
 >>> open_engine(None, "local", local_path=tempfile.mkdtemp()).name

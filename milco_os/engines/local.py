@@ -12,7 +12,7 @@ replaces the earlier one. Search computes the exact dot products (float32
 weights, float64 sums) with scipy, and ``two-phase`` returns the exact ranking.
 BM25 (:meth:`LocalEngine.bm25_search`, and ``hybrid``: the sparse score plus
 ``bm25_boost`` x BM25) scores the stored ``title`` and ``text`` as the clusters'
-standard analyzer would (:mod:`milco_os.engines.text`). Several processes may write one
+standard analyzer would (:mod:`milco_os.engines.local_bm25`). Several processes may write one
 index at once (commits take a file lock); each sees the others' documents at
 its next call.
 
@@ -63,10 +63,10 @@ from milco_os.engines.approximate import (
     stale_files,
 )
 from milco_os.engines.base import TEXT_FIELDS, BulkFailure, Engine, Hit, best_per_document
+from milco_os.engines.local_bm25 import FieldIndex, best_field_scores
 from milco_os.engines.mappings import complete_meta, mapping_template
 from milco_os.engines.query import SparseQuery, Terms, searched_terms
 from milco_os.engines.terms import FLOAT_MIN_NORMAL
-from milco_os.engines.text import FieldIndex, best_field_scores
 from milco_os.vectors.sparse import VIEWS
 
 INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,200}$")
