@@ -128,16 +128,17 @@ def teacher_vectors(teacher_dir: str, texts: list[str], blocked: torch.Tensor,
 
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     teacher = BertForMaskedLM.from_pretrained(teacher_dir).eval()
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # little padding
     rows = []
     with torch.inference_mode():
         for start in range(0, len(texts), 256):
-            batch = tokenizer(texts[start:start + 256], truncation=True, max_length=max_length,
-                              padding=True, return_tensors="pt")
+            batch = tokenizer([texts[i] for i in order[start:start + 256]], truncation=True,
+                              max_length=max_length, padding=True, return_tensors="pt")
             logits = teacher(**batch).logits * batch["attention_mask"].unsqueeze(-1)
             vectors = torch.log1p(torch.relu(logits.max(dim=1).values))
             vectors[:, blocked] = 0
             rows.append(vectors.to_sparse())
-    return torch.cat(rows)
+    return torch.cat(rows).index_select(0, torch.tensor(order).argsort())
 
 
 def pooled_raw_active(model: MilcoModel, hidden: torch.Tensor, mask: torch.Tensor,
