@@ -34,8 +34,7 @@ from milco_os.training.data import (
     DistillationGroups,
     GroupCollator,
     ParallelCollator,
-    iter_rows,
-    load_parallel_source,
+    load_parallel_sources,
     load_rows,
 )
 from milco_os.training.losses import (
@@ -224,9 +223,9 @@ class AlignmentStage(_StageBase):
         for parameter in self.model.echo_parameters():
             parameter.requires_grad_(False)
         self.freeze_parts()
-        self.dataset = torch.utils.data.ConcatDataset(
-            [load_parallel_source(s) for s in sources])
-        self.lengths = [len(r["english"]) + len(r["non_english"]) for r in iter_rows(self.dataset)]
+        # a text one source holds out for evaluation never enters through another source
+        self.dataset, self.heldout_pairs_left_out = load_parallel_sources(sources)
+        self.lengths = [len(r["english"]) + len(r["non_english"]) for r in self.dataset]
         self.collate = ParallelCollator(
             load_tokenizer(self.model.tokenizer_dirs["m"]),
             load_tokenizer(self.teacher.tokenizer_dirs["m"]),
