@@ -191,6 +191,7 @@ def read_gettext(directory: str | Path, languages: Sequence[str], max_pairs: int
         pairs: dict[str, str] = {}
         for file in files:
             with file.open("rb") as handle:
+                # gettext offers no public way to list a catalogue's messages
                 catalogue = gettext.GNUTranslations(handle)._catalog  # noqa: SLF001
             for key, translated in catalogue.items():
                 english = _clean_message(key.split("\x04")[-1]) if isinstance(key, str) else ""
