@@ -55,3 +55,81 @@ def test_the_cap_leaves_no_term_in_more_than_its_share_and_spares_the_rest(tmp_p
     untouched = before <= 0.2
     assert torch.equal(model.mlm_head.predictions.decoder.bias[untouched], bias[untouched])
     assert torch.equal(after[untouched], before[untouched])
+
+
+def tiny_prepared(folder) -> sap_cached.Prepared:
+    """A tiny MILCO and 40 texts of pieces drawn from a small part of its vocabulary."""
+    model = MilcoModel.from_pretrained(folder).eval()
+    generator = torch.Generator().manual_seed(1)
+    vocab = model.config.m_vocab_size
+    pieces = torch.randperm(vocab - 10, generator=generator)[:60] + 5
+    ids = [[0, *pieces[torch.randint(60, (3 + i % 5,), generator=generator)].tolist(), 2]
+           for i in range(40)]
+    english = torch.rand(20, model.config.en_vocab_size, generator=generator)
+    teacher = torch.where(english > 0.9, english, torch.zeros(())).to_sparse()
+    pairs = torch.tensor([[i, 20 + i, i] for i in range(20)])
+    return sap_cached.Prepared(model=model, ids=ids, pad_id=1, pairs=pairs, teacher=teacher,
+                               cap_rows=list(range(20, 40)), ignored=torch.tensor([0, 2, 3]),
+                               english_pieces=[f"t{i}" for i in range(model.config.en_vocab_size)])
+
+
+def pivot(model: MilcoModel, ids: list[list[int]], pad_id: int) -> torch.Tensor:
+    tokens, mask = sap_cached.pad(ids, pad_id)
+    with torch.no_grad():
+        return model.pivot_from_states(model.encode_states(tokens, mask), mask)
+
+
+def test_a_pack_keeps_the_math_and_its_trained_parts_go_back_into_the_full_model(tmp_path):
+    folder = make_tiny(tmp_path / "tiny")
+    prepared = tiny_prepared(folder)
+    sap_cached.save_pack(prepared, tmp_path / "pack")
+    packed = sap_cached.load_pack(tmp_path / "pack")
+
+    # The cut vocabulary renumbers every piece, and fp16 weights give the same vectors.
+    assert packed.model.config.m_vocab_size < prepared.model.config.m_vocab_size
+    assert [len(ids) for ids in packed.ids] == [len(ids) for ids in prepared.ids]
+    assert torch.allclose(pivot(packed.model, packed.ids, packed.pad_id),
+                          pivot(prepared.model, prepared.ids, 1), atol=0.05)
+    assert torch.allclose(packed.teacher.to_dense(), prepared.teacher.to_dense(), atol=2e-3)
+    assert torch.equal(packed.pairs, prepared.pairs) and packed.cap_rows == prepared.cap_rows
+    ignored_before = [[i in (0, 2, 3) for i in ids] for ids in prepared.ids]
+    ignored_after = [[i in packed.ignored.tolist() for i in ids] for ids in packed.ids]
+    assert ignored_before == ignored_after
+
+    args = sap_cached.parse_args(["--from-pack", str(tmp_path / "pack"), "--steps", "3",
+                                  "--echo-steps", "2", "--batch-size", "8", "--dev", "4",
+                                  "--train-layers", "1", "--encoder-lr", "1e-2",
+                                  "--parts-out", str(tmp_path / "parts.safetensors")])
+    top = len(packed.model.m_model.encoder.layer) - 1
+    top_before = packed.model.m_model.encoder.layer[top].output.dense.weight.detach().clone()
+    sap_cached.train(packed, args)
+    assert not torch.equal(packed.model.m_model.encoder.layer[top].output.dense.weight,
+                           top_before)  # the top encoder layer trained
+    sap_cached.save_safetensors(sap_cached.trained_parts(packed.model, 1),
+                                tmp_path / "parts.safetensors")
+    full = MilcoModel.from_pretrained(folder).eval()
+    before = pivot(full, prepared.ids, 1)
+    sap_cached.load_trained_parts(full, tmp_path / "parts.safetensors")
+
+    after = pivot(full, prepared.ids, 1)
+    assert not torch.allclose(after, before)  # training changed the head ...
+    assert torch.allclose(after, pivot(packed.model, packed.ids, packed.pad_id), atol=0.05)
+    assert torch.equal(full.echo.weight, packed.model.echo.weight)  # ... and echo moved over
+    assert torch.equal(full.m_model.encoder.layer[top].output.dense.weight,
+                       packed.model.m_model.encoder.layer[top].output.dense.weight)
+
+
+def test_states_cached_below_the_trained_layers_equal_the_full_encoder(tmp_path):
+    prepared = tiny_prepared(make_tiny(tmp_path / "tiny"))
+    model = prepared.model
+    prepared.ids.append([0, *[prepared.ids[1][1]] * 60, 2])  # much padding for the others
+    cache = sap_cached.StateCache(model, prepared.ids, 1, torch.device("cpu"), trained=1)
+    assert len(model.m_model.encoder.layer) == len(cache.top) + 1  # the model keeps all layers
+    rows = [0, 7, len(prepared.ids) - 1]
+    with torch.no_grad():
+        hidden, mask, _ = cache.batch(rows)
+        tokens, full_mask = sap_cached.pad([prepared.ids[r] for r in rows], 1)
+        full = model.encode_states(tokens, full_mask)
+    assert torch.equal(mask, full_mask)
+    # fp16 caching costs < 1e-3 here; attending to the padding would cost ~8e-3
+    assert torch.allclose(hidden * mask[..., None], full * full_mask[..., None], atol=3e-3)

@@ -24,6 +24,7 @@ from milco_os.training.data import (
     load_rows,
     ntrex_languages,
     read_cldr,
+    read_dictionary,
     read_gettext,
     read_ntrex,
     read_tatoeba,
@@ -110,6 +111,46 @@ def test_gettext_catalogues_give_clean_pairs_once_per_language(tmp_path) -> None
     assert len(read_gettext(tmp_path, ["de"], max_pairs=2, seed=1)) == 2
     with pytest.raises(TrainingDataError, match="fr/LC_MESSAGES: no .mo catalogue"):
         load_parallel_source({"kind": "gettext", "path": str(tmp_path), "languages": ["fr"]})
+
+
+def test_dictionaries_give_clean_word_pairs_common_first(tmp_path) -> None:
+    cedict = tmp_path / "cc-cedict.txt"
+    cedict.write_text("# CC-CEDICT\n"
+                      "北京 北京 [Bei3 jing1] /Beijing municipality, capital of China/\n"
+                      "張 张 [Zhang1] /surname Zhang/\n"
+                      "喫 吃 [chi1] /variant of 吃[chi1]/\n"
+                      "吃 吃 [chi1] /to eat; to consume/\n"
+                      "首都 首都 [shou3 du1] /capital (city)/CL:個|个[ge4]/\n"
+                      "3C 3C [san1 C] /computers, communications/\n"
+                      "美國 美国 [Mei3 guo2] /USA/\n", encoding="utf-8")
+    rows = read_dictionary(cedict, "zh")
+    assert {r["non_english"]: r["english"] for r in rows} == {
+        "北京": "Beijing", "吃": "eat", "首都": "capital"}
+    assert len(read_dictionary(cedict, "zh", max_pairs=2)) == 2
+
+    import gzip
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    entries = ["Hund /hʊnt/ <masc, n>\ndog <n>, hound <n>\n",
+               "Hund /hʊnt/ <masc, n>\n [min.] mine car <n>\n",
+               "Köter /kø:tɐ/\n1. dog\n2. cur\n",
+               "Haus /haʊs/\nhouse <n>\n   Synonym: {Gebäude}\n",
+               "Auto\nPKW <n> [Br.]\n"]
+    index, body = [], b""
+    for entry in entries:
+        data = entry.encode()
+        index.append(f"{entry.split()[0].casefold()}\t{alphabet[len(body) // 64]}"
+                     f"{alphabet[len(body) % 64]}\t{alphabet[len(data)]}")
+        body += data
+    (tmp_path / "freedict-deu-eng.index").write_text("\n".join(index) + "\n", encoding="utf-8")
+    with gzip.open(tmp_path / "freedict-deu-eng.dict.dz", "wb") as handle:
+        handle.write(body)
+    rows = load_parallel_source({"kind": "dictionary", "path": str(tmp_path),
+                                 "languages": ["de"]})
+    assert {r["non_english"]: r["english"] for r in rows} == {
+        "Hund": "dog", "Köter": "dog", "Haus": "house"}
+    assert rows[0]["non_english"] == "Hund"  # most senses first
+    with pytest.raises(TrainingDataError, match="no dictionary for language 'fr'"):
+        load_parallel_source({"kind": "dictionary", "path": str(tmp_path), "languages": ["fr"]})
 
 
 def test_cldr_names_pair_english_with_each_locale() -> None:
@@ -241,3 +282,34 @@ def test_config_overrides_types_and_errors(tmp_path) -> None:
 def test_every_shipped_training_config_is_valid(path: Path) -> None:
     cfg = TrainConfig.from_file(path)
     assert cfg.output_dir and cfg.stage in ("sap", "sct")
+
+
+def test_jmdict_database_gives_priority_words_first_and_skips_marked_senses(tmp_path) -> None:
+    import sqlite3
+
+    path = tmp_path / "jmdict.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            "CREATE TABLE Kana (ID INTEGER PRIMARY KEY, idseq INTEGER, text TEXT);"
+            "CREATE TABLE Kanji (ID INTEGER PRIMARY KEY, idseq INTEGER, text TEXT);"
+            "CREATE TABLE KNP (kid INTEGER, text TEXT); CREATE TABLE KJP (kid INTEGER, text TEXT);"
+            "CREATE TABLE Sense (ID INTEGER PRIMARY KEY, idseq INTEGER);"
+            "CREATE TABLE SenseGloss (sid INTEGER, lang TEXT, text TEXT);"
+            "CREATE TABLE misc (sid INTEGER, text TEXT);")
+        words = [(1, "ぺきん", "北京", "nf20", "Beijing", None),
+                 (2, "いぬ", "犬", "nf01", "dog", None),
+                 (3, "これ", "此れ", None, "this", "word usually written using kana alone"),
+                 (4, "むかし", "昔", "ichi1", "olden days", "archaism")]
+        for n, kana, kanji, priority, gloss, note in words:
+            db.execute("INSERT INTO Kana VALUES (?, ?, ?)", (n, n, kana))
+            db.execute("INSERT INTO Kanji VALUES (?, ?, ?)", (n, n, kanji))
+            if priority:
+                db.execute("INSERT INTO KJP VALUES (?, ?)", (n, priority))
+            db.execute("INSERT INTO Sense VALUES (?, ?)", (n, n))
+            db.execute("INSERT INTO SenseGloss VALUES (?, 'eng', ?)", (n, gloss))
+            if note:
+                db.execute("INSERT INTO misc VALUES (?, ?)", (n, note))
+    rows = load_parallel_source({"kind": "dictionary", "path": str(path), "languages": ["ja"]})
+    # nf01 before nf20 before no tag; kana-only words by their kana; archaic senses left out
+    assert [(r["non_english"], r["english"]) for r in rows] == [
+        ("犬", "dog"), ("北京", "Beijing"), ("これ", "this")]

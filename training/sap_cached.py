@@ -18,10 +18,12 @@ Stages, each on encoder states computed once (the encoder is frozen):
    special tokens and punctuation-only pieces of the English vocabulary are never
    targets, and their decoder bias is set far below zero, so no vector holds them;
 2. document-frequency cap: an English term the pivot puts in more than ``--df-cap`` of
-   the English training sentences (splade-tiny spreads ``you``, ``brothers``, ``murder``
-   over a third of all texts, whatever they say) has its decoder bias lowered until only
-   that share holds it; like IDF, a term in most documents says little, and the model
-   keeps the released layout and math (it is a bias);
+   the English training sentences has its decoder bias lowered until only that share
+   holds it (splade-tiny spreads ``you``, ``brothers``, ``murder`` over a third of all
+   texts, whatever they say). The share is counted on the running-text sources
+   (Tatoeba, NTREX, rows), not on interface strings, names or dictionary words, which
+   are not what users index. Like IDF, a term in most documents says little, and the
+   model keeps the released layout and math (the cap is a bias);
 3. echo: the LexEcho head learns which source tokens to echo, with InfoNCE over the
    batch (each non-English text must find its English translation), the pivot view
    frozen; positions of special tokens and punctuation-only pieces echo nothing
@@ -31,7 +33,18 @@ Stages, each on encoder states computed once (the encoder is frozen):
         --layers 6 --steps 1500 --echo-steps 300 --out runs/milco-small-lexical
 
 The config gives the encoder, the teacher and the parallel sources with their
-holdouts (held-out text never enters training).
+holdouts (held-out text never enters training). ``--dev N`` keeps the pairs of N English
+texts out of training and reports, after each stage, their alignment overlap with the
+teacher, their retrieval (each non-English text finding its English side among them) and
+how sparse and how spread their pivot vectors are: the numbers to choose settings by,
+without touching the held-out sets.
+
+A training machine without the model hub or this repository's data can train from a
+pack: ``--pack FILE`` writes the tokenized texts, the teacher's vectors and the model
+(the encoder's embedding matrix cut to the pieces the texts use, fp16) and stops;
+``--from-pack FILE --device cuda --parts-out FILE`` trains from it and writes the trained
+parts (connector, English head, echo head); ``--parts FILE`` then puts them into the
+full model here and saves it, without training.
 """
 
 from __future__ import annotations
@@ -42,6 +55,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -51,7 +65,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from milco_os.models.milco import MilcoModel  # noqa: E402
+from milco_os.models.base import tie_decoder_bias  # noqa: E402
+from milco_os.models.files import save_safetensors  # noqa: E402
+from milco_os.models.milco import MilcoConfig, MilcoModel  # noqa: E402
 from milco_os.training.data import load_parallel_sources  # noqa: E402
 from milco_os.training.losses import score_matrix  # noqa: E402
 from milco_os.training.noise import noise_ids  # noqa: E402
@@ -61,7 +77,6 @@ BLOCKED_BIAS = -1.0e4  # a decoder bias no state can overcome: the term never ha
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--layers", type=int, default=6, help="encoder layers kept")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--echo-steps", type=int, default=300)
@@ -74,26 +89,60 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--out", type=Path, required=True)
-    return parser.parse_args(argv)
+    parser.add_argument("--flops", type=float, default=0.0,
+                        help="weight of a FLOPS penalty on the pivot vectors in alignment")
+    parser.add_argument("--dev", type=int, default=0,
+                        help="English texts whose pairs stay out of training, to measure on")
+    parser.add_argument("--train-layers", type=int, default=0,
+                        help="top encoder layers trained in alignment (states cached below)")
+    parser.add_argument("--encoder-lr", type=float, default=1e-4)
+    parser.add_argument("--device", default="cpu")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", type=Path)
+    source.add_argument("--from-pack", type=Path, help="train from a pack written by --pack")
+    output = parser.add_mutually_exclusive_group(required=True)
+    output.add_argument("--out", type=Path, help="the trained MILCO folder")
+    output.add_argument("--pack", type=Path, help="write a pack (a folder) for --from-pack, stop")
+    output.add_argument("--parts-out", type=Path, help="write only the trained parts")
+    parser.add_argument("--parts", type=Path,
+                        help="with --config and --out: the trained parts to save, no training")
+    args = parser.parse_args(argv)
+    if args.parts and not (args.config and args.out):
+        parser.error("--parts needs --config and --out")
+    if args.from_pack and args.pack:
+        parser.error("--pack needs --config")
+    return args
 
 
 class StateCache:
-    """Every text's encoder states (fp16) and token ids, computed once in length order."""
+    """Every text's encoder states (fp16, on the training device) from its token ids,
+    computed once in length order, below the encoder's top ``trained`` layers; a batch
+    runs those layers (with gradients where enabled) on the cached states."""
 
-    def __init__(self, model: MilcoModel, tokenizer, texts: list[str], max_length: int) -> None:
-        self.ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-        self.states: list[torch.Tensor] = [torch.empty(0)] * len(texts)
-        order = sorted(range(len(texts)), key=lambda i: len(self.ids[i]))
-        started, done, budget = time.time(), 0, 8192
+    def __init__(self, model: MilcoModel, ids: list[list[int]], pad_id: int,
+                 device: torch.device, trained: int = 0) -> None:
+        self.ids, self.pad_id, self.device = ids, pad_id, device
+        layers = model.m_model.encoder.layer
+        self.top = layers[len(layers) - trained:] if trained else []
+        model.m_model.encoder.layer = layers[:len(layers) - trained]
+        try:
+            self._encode(model)
+        finally:
+            model.m_model.encoder.layer = layers
+
+    def _encode(self, model: MilcoModel) -> None:
+        ids, pad_id, device = self.ids, self.pad_id, self.device
+        self.states: list[torch.Tensor] = [torch.empty(0)] * len(ids)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        started, done, budget = time.time(), 0, 8192 if device.type == "cpu" else 65536
         with torch.inference_mode():
             while done < len(order):
-                width = len(self.ids[order[min(done + 1, len(order) - 1)]])
+                width = len(ids[order[min(done + 1, len(order) - 1)]])
                 batch = order[done:done + max(1, budget // max(width, 1))]
-                ids, mask = pad([self.ids[i] for i in batch], tokenizer.pad_token_id)
-                hidden = model.encode_states(ids, mask)
+                tokens, mask = pad([ids[i] for i in batch], pad_id)
+                hidden = model.encode_states(tokens.to(device), mask.to(device))
                 for row, i in enumerate(batch):
-                    self.states[i] = hidden[row, : len(self.ids[i])].half().clone()
+                    self.states[i] = hidden[row, : len(ids[i])].half().clone()
                 done += len(batch)
                 if done // 20000 != (done - len(batch)) // 20000 or done == len(order):
                     print(f"encoded {done}/{len(order)} texts ({time.time() - started:.0f} s)",
@@ -102,11 +151,18 @@ class StateCache:
     def batch(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(states [B, L, H] fp32, mask [B, L], token ids [B, L]) of texts ``rows``."""
         width = max(len(self.ids[r]) for r in rows)
-        hidden = torch.zeros(len(rows), width, self.states[rows[0]].shape[-1])
-        ids, mask = pad([self.ids[r] for r in rows], 1, width)
+        hidden = torch.zeros(len(rows), width, self.states[rows[0]].shape[-1],
+                             device=self.device)
+        ids, mask = pad([self.ids[r] for r in rows], self.pad_id, width)
         for row, r in enumerate(rows):
             hidden[row, : len(self.ids[r])] = self.states[r].float()
-        return hidden, mask, ids
+        mask = mask.to(self.device)
+        if self.top:  # an additive mask, as XLM-R's eager and SDPA attention both take it
+            additive = (1.0 - mask[:, None, None, :].float()) * torch.finfo(hidden.dtype).min
+            for layer in self.top:
+                hidden = layer(hidden, additive)
+                hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        return hidden, mask, ids.to(self.device)
 
 
 def pad(sequences: list[list[int]], pad_id: int, width: int | None = None
@@ -158,7 +214,8 @@ def pooled_raw_active(model: MilcoModel, hidden: torch.Tensor, mask: torch.Tenso
         best, where = logits.max(dim=1)
         del logits
         columns = ((best > 0) | (teacher > 0)).any(dim=0).nonzero().squeeze(-1)
-    at_best = transformed[torch.arange(len(hidden)).unsqueeze(1), where[:, columns]]
+    at_best = transformed[torch.arange(len(hidden), device=hidden.device).unsqueeze(1),
+                          where[:, columns]]
     raw = (at_best * decoder.weight[columns]).sum(-1) + decoder.bias[columns]
     return raw, columns
 
@@ -174,16 +231,18 @@ def cosine_lr(step: int, total: int, warmup: int) -> float:
     return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / total))
 
 
-def optimise(name: str, parameters: list, lr: float, steps: int, warmup: int, seed: int,
+def optimise(name: str, groups: list[dict], steps: int, warmup: int, seed: int,
              pairs: torch.Tensor, batch_size: int,
              batch_loss: Callable[[torch.Tensor], torch.Tensor]) -> None:
-    """AdamW with warmup and a cosine decay over ``steps`` batches of random pairs."""
-    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
+    """AdamW with warmup and a cosine decay over ``steps`` batches of random pairs;
+    ``groups``: parameter groups, each with its peak ``lr``."""
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.0)
+    peaks = [group["lr"] for group in optimizer.param_groups]
     generator = torch.Generator().manual_seed(seed)
     started = time.time()
     for step in range(steps):
-        for group in optimizer.param_groups:
-            group["lr"] = lr * cosine_lr(step, steps, warmup)
+        for group, peak in zip(optimizer.param_groups, peaks, strict=True):
+            group["lr"] = peak * cosine_lr(step, steps, warmup)
         loss = batch_loss(pairs[torch.randint(len(pairs), (batch_size,), generator=generator)])
         optimizer.zero_grad()
         loss.backward()
@@ -196,16 +255,21 @@ def optimise(name: str, parameters: list, lr: float, steps: int, warmup: int, se
 def train_alignment(model: MilcoModel, cache: StateCache, pairs: torch.Tensor,
                     teacher: torch.Tensor, args: argparse.Namespace) -> None:
     def batch_loss(batch: torch.Tensor) -> torch.Tensor:
-        target = teacher.index_select(0, batch[:, 2]).to_dense()
-        loss = torch.zeros(())
+        target = teacher.index_select(0, batch[:, 2].to(teacher.device)).to_dense()
+        loss = torch.zeros((), device=target.device)
         for side in (0, 1):  # the non-English text, then the English text
             hidden, mask, _ = cache.batch(batch[:, side].tolist())
             raw, columns = pooled_raw_active(model, hidden, mask, target)
             loss = loss + smse(raw, target[:, columns], args.margin)
+            if args.flops:  # every term outside ``columns`` weighs 0 already
+                loss = loss + args.flops * torch.log1p(torch.relu(raw)).mean(0).pow(2).sum()
         return loss
 
-    optimise("alignment", [*model.projector.parameters(), *model.mlm_head.parameters()],
-             args.lr, args.steps, 50, args.seed, pairs, args.batch_size, batch_loss)
+    head = [*model.projector.parameters(), *model.mlm_head.parameters()]
+    encoder = [p for layer in cache.top for p in layer.parameters()]
+    optimise("alignment", [{"params": head, "lr": args.lr},
+                           {"params": encoder, "lr": args.encoder_lr}],
+             args.steps, 50, args.seed, pairs, args.batch_size, batch_loss)
 
 
 def cap_document_frequency(model: MilcoModel, cache: StateCache, rows: list[int],
@@ -234,39 +298,60 @@ def train_echo(model: MilcoModel, cache: StateCache, pairs: torch.Tensor,
     def batch_loss(batch: torch.Tensor) -> torch.Tensor:
         sides = []
         for side in (0, 1):
-            hidden, mask, ids = cache.batch(batch[:, side].tolist())
             with torch.no_grad():
+                hidden, mask, ids = cache.batch(batch[:, side].tolist())
                 pivot = torch.log1p(torch.relu(model.pivot_from_states(hidden, mask)))
             echo = model.echo_from_states(hidden, mask) * ~torch.isin(ids, ignored)
             sides.append((pivot, echo, ids))
         (q_pivot, q_echo, q_ids), (d_pivot, d_echo, d_ids) = sides
         scores = score_matrix(q_pivot, d_pivot, q_echo, q_ids, d_echo, d_ids)
-        return F.cross_entropy(scores, torch.arange(len(batch)))
+        return F.cross_entropy(scores, torch.arange(len(batch), device=scores.device))
 
-    optimise("echo", [*model.echo.parameters(), model.scale], args.echo_lr, args.echo_steps,
-             20, args.seed + 1, pairs, args.batch_size, batch_loss)
+    optimise("echo", [{"params": [*model.echo.parameters(), model.scale], "lr": args.echo_lr}],
+             args.echo_steps, 20, args.seed + 1, pairs, args.batch_size, batch_loss)
 
 
-def main(argv: list[str] | None = None) -> Path:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    os.chdir(REPO)
-    config = yaml.safe_load(args.config.read_text(encoding="utf-8"))
+@dataclass
+class Prepared:
+    """What training reads: the model, every text's token ids, the pairs (non-English
+    text, English text, teacher row), the teacher's vectors of the English texts, the
+    English texts the cap is set on, the source pieces that echo nothing, and the English
+    pieces (to name terms)."""
+
+    model: MilcoModel
+    ids: list[list[int]]
+    pad_id: int
+    pairs: torch.Tensor
+    teacher: torch.Tensor
+    cap_rows: list[int]
+    ignored: torch.Tensor
+    english_pieces: list[str]
+
+
+def build_model(config: dict, layers: int) -> MilcoModel:
+    """The fresh MILCO of ``config``: its encoder cut to ``layers``, noise blocked."""
+    from transformers import AutoTokenizer
+
     encoder_dir = os.path.expanduser(config["model"]["encoder"])
     teacher_dir = os.path.expanduser(config["teacher"])
     model = MilcoModel.from_backbones(encoder_dir, os.path.expanduser(config["model"]["head"]),
-                                      echo=True, encoder_layers=args.layers)
-    model.eval()
+                                      echo=True, encoder_layers=layers)
+    with torch.no_grad():
+        model.mlm_head.predictions.decoder.bias[noise_ids(AutoTokenizer.from_pretrained(
+            teacher_dir))] = BLOCKED_BIAS
+    model.config.echo_ignored_ids = noise_ids(AutoTokenizer.from_pretrained(encoder_dir)).tolist()
+    model.tokenizer_dirs = {"m": Path(encoder_dir), "en": Path(teacher_dir)}
+    return model.eval()
+
+
+def prepare(config: dict, args: argparse.Namespace) -> Prepared:
+    """Read the config's parallel sources, tokenize every text and compute the teacher."""
     from transformers import AutoTokenizer
 
-    m_tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
-    en_tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    model = build_model(config, args.layers)
+    m_tokenizer = AutoTokenizer.from_pretrained(model.tokenizer_dirs["m"])
+    en_tokenizer = AutoTokenizer.from_pretrained(model.tokenizer_dirs["en"])
     blocked = noise_ids(en_tokenizer)
-    ignored = noise_ids(m_tokenizer)
-    with torch.no_grad():
-        model.mlm_head.predictions.decoder.bias[blocked] = BLOCKED_BIAS
-    model.config.echo_ignored_ids = ignored.tolist()
     rows, heldout = load_parallel_sources(config["data"]["parallel"])
     texts = sorted({r["english"] for r in rows} | {r["non_english"] for r in rows})
     english = sorted({r["english"] for r in rows})
@@ -275,23 +360,258 @@ def main(argv: list[str] | None = None) -> Path:
     pairs = torch.tensor([[index[r["non_english"]], index[r["english"]],
                            english_row[r["english"]]] for r in rows])
     print(f"{len(rows)} pairs ({heldout} left out: held-out text), {len(texts)} texts; "
-          f"encoder cut to {args.layers} layers; "
-          f"{len(blocked)} English and {len(ignored)} source pieces are noise", flush=True)
-    teacher = teacher_vectors(teacher_dir, english, blocked, args.max_length)
-    cache = StateCache(model, m_tokenizer, texts, args.max_length)
+          f"encoder cut to {args.layers} layers", flush=True)
+    return Prepared(
+        model=model,
+        ids=m_tokenizer(texts, truncation=True, max_length=args.max_length)["input_ids"],
+        pad_id=m_tokenizer.pad_token_id, pairs=pairs,
+        teacher=teacher_vectors(str(model.tokenizer_dirs["en"]), english, blocked,
+                                args.max_length),
+        cap_rows=[index[t] for t in running_text(config["data"]["parallel"])],
+        ignored=torch.tensor(model.config.echo_ignored_ids),
+        english_pieces=en_tokenizer.convert_ids_to_tokens(list(range(len(en_tokenizer)))))
+
+
+RUNNING_TEXT = ("tatoeba", "ntrex", "rows")  # sentences and passages, not labels or words
+
+
+def running_text(specs: list[dict]) -> list[str]:
+    """The English texts of the sources of running text (the cap is set on them: the
+    labels and words of interface strings, CLDR names and dictionaries index nothing)."""
+    rows, _ = load_parallel_sources([spec for spec in specs
+                                     if spec.get("kind", "rows") in RUNNING_TEXT])
+    return sorted({row["english"] for row in rows})
+
+
+def recap(model: MilcoModel, config: dict, args: argparse.Namespace) -> None:
+    """The document-frequency cap of ``model`` set again on the config's running text."""
+    from transformers import AutoTokenizer
+
+    texts = running_text(config["data"]["parallel"])
+    tokenizer = AutoTokenizer.from_pretrained(model.tokenizer_dirs["m"])
+    ids = tokenizer(texts, truncation=True, max_length=args.max_length)["input_ids"]
+    cache = StateCache(model, ids, tokenizer.pad_token_id, torch.device(args.device))
+    report_cap(cap_document_frequency(model, cache, list(range(len(texts))), args.df_cap),
+               AutoTokenizer.from_pretrained(model.tokenizer_dirs["en"]).convert_ids_to_tokens,
+               args.df_cap)
+
+
+def report_cap(capped: dict[int, float], piece: Callable[[int], str], cap: float) -> None:
+    print(f"df cap {cap} lowered " + ", ".join(
+        f"{piece(t)} ({share:.0%})" for t, share in sorted(capped.items(), key=lambda x: -x[1])),
+        flush=True)
+
+
+ENCODER_EMBEDDINGS = "m_model.embeddings.word_embeddings.weight"
+PACK_REST = "rest.pt"
+PACK_SHARD_ROWS = 65536  # embeddings-<n>.pt: 48 MiB each at 384 dimensions in fp16
+
+
+def save_pack(prepared: Prepared, folder: Path) -> None:
+    """Write ``prepared`` compactly into files of ``folder`` that can travel apart: the
+    encoder's embedding matrix cut to the pieces the texts use (ids renumbered) in shards,
+    and the rest: the encoder and head in fp16, the teacher as terms per row, int16 columns
+    and fp16 weights."""
+    kept = sorted({i for ids in prepared.ids for i in ids} | {prepared.pad_id}
+                  | set(prepared.ignored.tolist()))
+    renumber = torch.full((max(kept) + 1,), -1, dtype=torch.int32)
+    renumber[kept] = torch.arange(len(kept), dtype=torch.int32)
+    state = {k: v.half() if v.is_floating_point() else v
+             for k, v in prepared.model.state_dict().items()}
+    embeddings = state.pop(ENCODER_EMBEDDINGS)[kept]
+    config = prepared.model.config.to_dict()
+    config["m_vocab_size"] = config["m_encoder_config"]["vocab_size"] = len(kept)
+    config["echo_ignored_ids"] = renumber[prepared.ignored].tolist()
+    teacher = prepared.teacher.coalesce()
+    rows, columns = teacher.indices()
+    folder.mkdir(parents=True, exist_ok=True)
+    for shard, start in enumerate(range(0, len(embeddings), PACK_SHARD_ROWS)):
+        torch.save(embeddings[start:start + PACK_SHARD_ROWS].clone(),
+                   folder / f"embeddings-{shard}.pt")
+    torch.save({"config": config, "state": state,
+                "ids": renumber[torch.tensor([i for ids in prepared.ids for i in ids])],
+                "lengths": torch.tensor([len(ids) for ids in prepared.ids], dtype=torch.int32),
+                "pad_id": int(renumber[prepared.pad_id]), "pairs": prepared.pairs,
+                "teacher": (torch.bincount(rows, minlength=teacher.shape[0]).int(),
+                            columns.short(), teacher.values().half(), tuple(teacher.shape)),
+                "cap_rows": prepared.cap_rows, "english_pieces": prepared.english_pieces},
+               folder / PACK_REST)
+    sizes = ", ".join(f"{path.name} {path.stat().st_size / 2**20:.1f} MiB"
+                      for path in sorted(folder.glob("*.pt")))
+    print(f"pack {folder}: {len(prepared.ids)} texts, {len(kept)} encoder pieces; {sizes}",
+          flush=True)
+
+
+def load_pack(folder: Path) -> Prepared:
+    pack = torch.load(folder / PACK_REST, weights_only=False)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in pack["state"].items()}
+    shards = sorted(folder.glob("embeddings-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+    state[ENCODER_EMBEDDINGS] = torch.cat([torch.load(p) for p in shards]).float()
+    with torch.device("meta"):
+        model = MilcoModel(MilcoConfig.from_dict(pack["config"]))
+    model.load_released_state(state)
+    counts, columns, weights, shape = pack["teacher"]  # terms per row, then the rows' terms
+    rows = torch.repeat_interleave(torch.arange(shape[0]), counts.long())
+    teacher = torch.sparse_coo_tensor(torch.stack([rows, columns.long()]), weights.float(),
+                                      shape, is_coalesced=True, check_invariants=True)
+    ids = pack["ids"].tolist()
+    offsets = [0, *torch.cumsum(pack["lengths"], 0).tolist()]
+    return Prepared(model=model.eval(),
+                    ids=[ids[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)],
+                    pad_id=pack["pad_id"], pairs=pack["pairs"], teacher=teacher,
+                    cap_rows=pack["cap_rows"], ignored=torch.tensor(model.config.echo_ignored_ids),
+                    english_pieces=pack["english_pieces"])
+
+
+HEAD_PARTS = ("projector.", "mlm_head.", "echo.", "scale")
+
+
+def trained_prefixes(model: MilcoModel, train_layers: int) -> tuple[str, ...]:
+    """The state-dict prefixes training changes: the heads and the top encoder layers."""
+    count = len(model.m_model.encoder.layer)
+    return HEAD_PARTS + tuple(f"m_model.encoder.layer.{i}." for i in
+                              range(count - train_layers, count))
+
+
+def trained_parts(model: MilcoModel, train_layers: int = 0) -> dict[str, torch.Tensor]:
+    prefixes = trained_prefixes(model, train_layers)
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+            if k.startswith(prefixes)}
+
+
+def load_trained_parts(model: MilcoModel, path: Path) -> None:
+    """Put the parts ``--parts-out`` wrote into ``model``; every trained part must be there."""
+    from safetensors.torch import load_file
+
+    parts = load_file(str(path))
+    layers = {k.split(".")[3] for k in parts if k.startswith("m_model.encoder.layer.")}
+    wanted = {k for k in model.state_dict() if k.startswith(HEAD_PARTS + tuple(
+        f"m_model.encoder.layer.{i}." for i in layers))}
+    if set(parts) != wanted:
+        raise SystemExit(f"--parts {path}: missing {sorted(wanted - set(parts))}, "
+                         f"unexpected {sorted(set(parts) - wanted)}")
+    model.load_state_dict(parts, strict=False)
+    tie_decoder_bias(model.mlm_head)
+
+
+def split_dev(pairs: torch.Tensor, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training pairs, dev pairs): the pairs of ``count`` English texts drawn at random."""
+    english = pairs[:, 2].unique()
+    generator = torch.Generator().manual_seed(seed)
+    dev = english[torch.randperm(len(english), generator=generator)[:count]]
+    is_dev = torch.isin(pairs[:, 2], dev)
+    return pairs[~is_dev], pairs[is_dev]
+
+
+def dev_report(model: MilcoModel, cache: StateCache, pairs: torch.Tensor,
+               teacher: torch.Tensor, ignored: torch.Tensor, top: int = 20) -> dict[str, float]:
+    """On ``pairs`` (one per English text): top-20 overlap of the non-English text's pivot
+    with the teacher's English vector; Success@1 and MRR of each non-English text finding
+    its English side among all their English texts (pivot, and pivot + echo); distinct
+    pivot terms and the largest share of texts one term is in."""
+    first = {}
+    for row in pairs.tolist():
+        first.setdefault(row[2], row)
+    pairs = torch.tensor(list(first.values()))
+    vectors = {}
+    with torch.no_grad():
+        for side in (0, 1):
+            parts = []
+            for start in range(0, len(pairs), 64):
+                hidden, mask, ids = cache.batch(pairs[start:start + 64, side].tolist())
+                pivot = torch.log1p(torch.relu(model.pivot_from_states(hidden, mask)))
+                echo = model.echo_from_states(hidden, mask) * ~torch.isin(ids, ignored)
+                parts.append((pivot, echo, ids))
+            vectors[side] = parts
+        source = torch.cat([p for p, _, _ in vectors[0]])
+        target = teacher.index_select(0, pairs[:, 2].to(teacher.device)).to_dense()
+        student_top, teacher_top = top_terms(source, top, -1), top_terms(target, top, -2)
+        overlap = (student_top.unsqueeze(2) == teacher_top.unsqueeze(1)).any(2).sum(1) / top
+        english = torch.cat([p for p, _, _ in vectors[1]])
+        report = {"pairs": len(pairs), "overlap": overlap.mean().item()}
+        report |= rank_report("pivot", source @ english.T)
+        if model.has_echo:
+            scores = torch.cat([
+                torch.cat([score_matrix(qp, dp, qe, qi, de, di)
+                           for dp, de, di in vectors[1]], dim=1)
+                for qp, qe, qi in vectors[0]])
+            report |= rank_report("both", scores)
+        holding = (source > 0).float().mean(0)
+        report |= {"terms per text": (source > 0).sum(1).float().mean().item(),
+                   "distinct terms": int((holding > 0).sum()), "top share": holding.max().item()}
+    return report
+
+
+def top_terms(vectors: torch.Tensor, top: int, missing: int) -> torch.Tensor:
+    """Each row's ``top`` heaviest term ids, ``missing`` where fewer terms have weight."""
+    weights, terms = vectors.topk(top)
+    return terms.masked_fill(weights <= 0, missing)
+
+
+def rank_report(name: str, scores: torch.Tensor) -> dict[str, float]:
+    rank = (scores > scores.diagonal().unsqueeze(1)).sum(1) + 1
+    return {f"{name} S@1": (rank == 1).float().mean().item(),
+            f"{name} MRR": (1 / rank.float()).mean().item()}
+
+
+def print_dev(stage: str, report: dict[str, float]) -> None:
+    print(f"dev after {stage}: " + ", ".join(
+        f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in report.items()),
+        flush=True)
+
+
+def train(prepared: Prepared, args: argparse.Namespace) -> None:
+    """Alignment, the cap and echo on ``prepared``, in place; dev reports when asked."""
+    device = torch.device(args.device)
+    model = prepared.model.to(device)
+    teacher, ignored = prepared.teacher.to(device), prepared.ignored.to(device)
+    cache = StateCache(model, prepared.ids, prepared.pad_id, device, args.train_layers)
+    pairs, dev = split_dev(prepared.pairs, args.dev, args.seed)
     model.train()
     train_alignment(model, cache, pairs, teacher, args)
     if args.df_cap:
-        sentences = [index[t] for t in english if len(t.split()) >= 5]
-        capped = cap_document_frequency(model, cache, sentences, args.df_cap)
-        print(f"df cap {args.df_cap} over {len(sentences)} English sentences lowered "
-              + ", ".join(f"{en_tokenizer.convert_ids_to_tokens(t)} ({share:.0%})"
-                          for t, share in sorted(capped.items(), key=lambda x: -x[1])),
-              flush=True)
+        held = set(dev[:, 1].tolist())
+        capped = cap_document_frequency(model, cache, [r for r in prepared.cap_rows
+                                                       if r not in held], args.df_cap)
+        report_cap(capped, prepared.english_pieces.__getitem__, args.df_cap)
+    if args.dev:  # how well it fits pairs it trained on, and pairs it did not
+        seen = pairs[torch.randperm(len(pairs), generator=torch.Generator().manual_seed(0))]
+        print_dev("alignment and cap, training pairs",
+                  dev_report(model.eval(), cache, seen[:args.dev], teacher, ignored))
+        print_dev("alignment and cap", dev_report(model, cache, dev, teacher, ignored))
+    model.train()
     train_echo(model, cache, pairs, ignored, args)
     model.eval()
-    model.tokenizer_dirs = {"m": Path(encoder_dir), "en": Path(teacher_dir)}
-    out = model.save_pretrained(args.out)
+    if args.dev:
+        print_dev("echo", dev_report(model, cache, dev, teacher, ignored))
+    prepared.model = model.cpu()
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    os.chdir(REPO)
+    if args.parts:
+        config = yaml.safe_load(args.config.read_text(encoding="utf-8"))
+        model = build_model(config, args.layers)
+        load_trained_parts(model, args.parts)
+        if args.df_cap:
+            recap(model, config, args)
+        return model.save_pretrained(args.out)
+    if args.from_pack:
+        prepared = load_pack(args.from_pack)
+    else:
+        prepared = prepare(yaml.safe_load(args.config.read_text(encoding="utf-8")), args)
+        if args.pack:
+            save_pack(prepared, args.pack)
+            return args.pack
+    train(prepared, args)
+    if args.parts_out:
+        save_safetensors(trained_parts(prepared.model, args.train_layers), args.parts_out)
+        print(f"saved {args.parts_out}", flush=True)
+        return args.parts_out
+    out = prepared.model.save_pretrained(args.out)
     print(f"saved {out}", flush=True)
     return out
 

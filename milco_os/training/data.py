@@ -4,8 +4,9 @@ Rows are plain dicts. Parallel rows hold ``english`` and ``non_english``; distil
 rows hold ``query``, ``pos``, ``pos_scores``, ``neg``, ``neg_scores``. Sources are hub
 dataset ids (``datasets.load_dataset``), local JSONL/Parquet/CSV/TSV files, the
 line-aligned Tatoeba and NTREX-128 folders, gettext catalogues (English ``msgid`` to
-translated ``msgstr``) and CLDR display names (territories, languages, currencies,
-cities, months, days; the ``babel`` package).
+translated ``msgstr``), CLDR display names (territories, languages, currencies,
+cities, months, days; the ``babel`` package) and bilingual dictionaries (CC-CEDICT,
+JMdict, FreeDict: word-level English gloss -> headword).
 
 >>> rows = [{"english": "a cat", "non_english": "eine Katze"}]
 >>> batches = LengthGroupedBatches([len(r["english"]) for r in rows], batch_size=4, seed=0)
@@ -16,6 +17,7 @@ cities, months, days; the ``babel`` package).
 from __future__ import annotations
 
 import gettext
+import gzip
 import os
 import random
 import re
@@ -243,9 +245,234 @@ def read_cldr(languages: Sequence[str]) -> list[Row]:
     return rows
 
 
+# ---------------------------------------------------------------- bilingual dictionaries
+
+# a gloss (or a sense of one) that is no translation: cross-references, surnames, variants,
+# abbreviations, classifiers, grammar notes
+DICTIONARY_SKIP = re.compile(
+    r"\b(surname|variant|abbr|abbreviation|classifier|radical|used in|also written|"
+    r"also pr|CL|sth|sb|etc|Taiwan pr|erhua|old name|transliteration)\b", re.IGNORECASE)
+BRACKETS = re.compile(r"\([^()]*\)|\[[^\[\]]*\]|<[^<>]*>|\{[^{}]*\}")
+GLOSS_PREFIX = re.compile(r"^(?:to|a|an|\(?bound form\)?)\s+", re.IGNORECASE)
+# "Beijing municipality" -> Beijing (CC-CEDICT names its provinces and municipalities so)
+ADMINISTRATIVE = re.compile(r"(?<=[a-z]) (?:municipality|province|prefecture|county)$")
+ENGLISH_GLOSS = re.compile(r"[A-Za-z][A-Za-z'-]*(?: [A-Za-z][A-Za-z'-]*){0,2}")
+HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
+HEADWORD_SCRIPT = {"zh": re.compile(f"[{HAN}]+"),
+                   "ja": re.compile(f"[{HAN}\u3005\u3040-\u309f\u30a0-\u30ff]+"),
+                   "ko": re.compile("[\uac00-\ud7a3]+")}
+FREEDICT_CODES = {"ar": "ara", "de": "deu", "es": "spa", "fr": "fra", "tr": "tur",
+                  "ru": "rus", "hi": "hin", "fa": "fas", "vi": "vie", "th": "tha",
+                  "ko": "kor", "ja": "jpn", "zh": "zho"}
+JMDICT_SKIP_MISC = ("abbreviation", "archaism", "obsolete term", "obscure term", "rare term",
+                    "vulgar expression", "derogatory", "slang")
+
+
+def clean_gloss(gloss: str) -> str:
+    """The English of one dictionary gloss, or ``""`` where it is no short translation:
+    brackets, a leading ``to``/``a``/``an`` and anything after a comma or semicolon
+    removed; cross-references, surnames, variants and abbreviations, glosses with digits
+    or non-Latin text, and glosses of more than three words left out.
+
+    >>> [clean_gloss(g) for g in ["to eat; to consume", "capital (city)", "surname Zhang",
+    ...                           "variant of 吃[chi1]", "Beijing municipality, capital", "USA"]]
+    ['eat', 'capital', '', '', 'Beijing', '']
+    """
+    text = gloss
+    while BRACKETS.search(text):
+        text = BRACKETS.sub(" ", text)
+    text = " ".join(re.split(r"[,;:/]", text)[0].split())
+    if DICTIONARY_SKIP.search(text):
+        return ""
+    text = ADMINISTRATIVE.sub("", GLOSS_PREFIX.sub("", text)).strip(" .!?-'")
+    if not ENGLISH_GLOSS.fullmatch(text) or any(w.isupper() and len(w) > 1
+                                                for w in text.split()):
+        return ""
+    return text
+
+
+def _good_headword(word: str, language: str) -> bool:
+    script = HEADWORD_SCRIPT.get(language.split("_")[0][:2])
+    if script is not None:
+        return bool(script.fullmatch(word))
+    words = word.split()
+    return 0 < len(words) <= 3 and all(c.isalpha() or c in "-'’" for c in "".join(words))
+
+
+def _dictionary_rows(entries: Sequence[tuple[str, Sequence[str], float]], language: str,
+                     max_pairs: int) -> list[Row]:
+    """Rows of ``(headword, glosses in order, rank)`` entries: each headword once with its
+    first clean gloss, by rank (lower first, then the entry order), at most ``max_pairs``."""
+    best: dict[str, tuple[float, int, str]] = {}
+    for order, (word, glosses, rank) in enumerate(entries):
+        word = " ".join(word.split())
+        if not _good_headword(word, language):
+            continue
+        english = next((e for e in map(clean_gloss, glosses) if e), "")
+        if english and text_key(english) != text_key(word) and (
+                word not in best or (rank, order) < best[word][:2]):
+            best[word] = (rank, order, english)
+    chosen = sorted(best.items(), key=lambda item: item[1][:2])
+    return [{"english": english, "non_english": word}
+            for word, (_, _, english) in chosen[:max_pairs or None]]
+
+
+def _cedict_entries(path: Path) -> list[tuple[str, list[str], float]]:
+    """CC-CEDICT lines ``traditional simplified [pinyin] /gloss/gloss/``, keyed by the
+    simplified headword. CC-CEDICT has no frequencies: entries are ranked by how common
+    their English is, counted as how often its rarest word occurs in all of the glosses
+    (China, Beijing, capital and dog are frequent there), then by how many headwords use
+    their rarest character."""
+    lines = []
+    text = path.read_text(encoding="utf-8")
+    for line in text.splitlines():
+        match = re.match(r"(\S+) (\S+) \[([^\]]*)\] /(.*)/\s*$", line)
+        # a capitalised pinyin marks a name: kept (北京 [Bei3 jing1]) unless of a single
+        # character, where it is a surname or a minority (张 [Zhang1] /surname Zhang/)
+        if match and (len(match[2]) > 1 or not match[3][:1].isupper()):
+            lines.append((match[2], match[4].split("/")))
+    uses: dict[str, int] = {}
+    for word, _ in lines:
+        for char in set(word):
+            uses[char] = uses.get(char, 0) + 1
+    counts: dict[str, int] = {}
+    for token in re.findall(r"[a-z]+", text.casefold()):
+        counts[token] = counts.get(token, 0) + 1
+
+    def rank(word: str, glosses: list[str]) -> float:
+        english = next((e for e in map(clean_gloss, glosses) if e), "")
+        common = min((counts.get(t, 0) for t in re.findall(r"[a-z]+", english.casefold())),
+                     default=0)
+        return -common - min(uses[c] for c in word) / 1e6
+    return [(word, glosses, rank(word, glosses)) for word, glosses in lines]
+
+
+def _jmdict_entries(path: Path) -> list[tuple[str, list[str], float]]:
+    """JMdict entries of a jamdict SQLite database (the first kanji spelling, or the first
+    kana one for words usually written in kana), ranked by their priority tags (``nf01``
+    .. ``nf48`` word-frequency bands, then news1/ichi1/spec1/gai1, then the rest)."""
+    def rank(tags: str | None) -> float:
+        tags = (tags or "").split(",")
+        bands = [int(t[2:]) for t in tags if t.startswith("nf") and t[2:].isdigit()]
+        return min(bands) if bands else 49 if {"news1", "ichi1", "spec1", "gai1"} & set(
+            tags) else 60 if any(tags) else 99
+    import sqlite3
+    uri = f"file:{path}?mode=ro"
+    with sqlite3.connect(uri, uri=True) as db:
+        spell: dict[int, tuple[str, float]] = {}
+        for table, tags in (("Kana", "KNP"), ("Kanji", "KJP")):  # kanji replace kana
+            for idseq, text, tagged in db.execute(
+                    f"SELECT w.idseq, w.text, (SELECT group_concat(p.text) FROM {tags} p "
+                    f"WHERE p.kid = w.ID) FROM {table} w ORDER BY w.ID DESC"):
+                spell[idseq] = (text, rank(tagged))  # the first spelling wins
+        kana = dict(db.execute("SELECT idseq, text FROM Kana ORDER BY ID DESC"))
+        misc: dict[int, set[str]] = {}
+        for sid, text in db.execute("SELECT sid, text FROM misc"):
+            misc.setdefault(sid, set()).add(text)
+        glosses: dict[int, list[str]] = {}
+        usually_kana: set[int] = set()
+        for idseq, sid, gloss in db.execute(
+                "SELECT s.idseq, s.ID, g.text FROM Sense s JOIN SenseGloss g ON g.sid = s.ID "
+                "WHERE g.lang = 'eng' ORDER BY s.ID, g.rowid"):
+            notes = misc.get(sid, set())
+            if "word usually written using kana alone" in notes and idseq not in glosses:
+                usually_kana.add(idseq)
+            if not notes & set(JMDICT_SKIP_MISC):
+                glosses.setdefault(idseq, []).append(gloss)
+    return [(kana[idseq] if idseq in usually_kana else spell[idseq][0], senses,
+             spell[idseq][1]) for idseq, senses in glosses.items() if idseq in spell]
+
+
+def _freedict_entries(path: Path) -> list[tuple[str, list[str], float]]:
+    """dictd entries (``<name>.index`` of ``headword<TAB>offset<TAB>length`` in base64,
+    ``<name>.dict.dz`` gzip-compressed text) as FreeDict writes them: the headword (and
+    pronunciation) on the first line, then gloss lines (``1. dog``, ``dog <n>, hound``),
+    notes, synonyms and examples. Ranked by how many senses the headword has (common
+    words have many); of the first glosses of its senses the one most headwords share
+    comes first. Ding's deu-eng still ranks poorly by this (``Hund`` -> mine car)."""
+    def number(text: str) -> int:
+        value = 0
+        for char in text:
+            value = value * 64 + DICTD_BASE64.index(char)
+        return value
+    dict_file = path.with_name(path.name.removesuffix(".index") + ".dict.dz")
+    if not dict_file.exists():
+        dict_file = dict_file.with_suffix("")
+    opener = gzip.open if dict_file.suffix == ".dz" else open
+    with opener(dict_file, "rb") as handle:
+        data = handle.read()
+    senses: dict[str, list[str]] = {}
+    heads: dict[str, list[str]] = {}  # the first gloss of each sense
+    for line in path.read_text(encoding="utf-8").splitlines():
+        parts = line.split("\t")
+        if len(parts) != 3 or parts[0].startswith("00database") or parts[0].startswith(
+                "00-database"):
+            continue
+        start = number(parts[1])
+        text = data[start:start + number(parts[2])].decode("utf-8", "replace")
+        head, _, body = text.strip("\n").partition("\n")
+        word = re.sub(r"\s/[^/]*/.*$|\s<[^>]*>\s*$", "", head).strip()
+        for gloss_line in body.splitlines():
+            stripped = gloss_line.strip()
+            if not stripped or stripped[0] in "\"<" or re.match(
+                    r"(Synonyms?|Antonyms?|see|Note|Notes?)\b", stripped):
+                continue
+            stripped = re.sub(r"^\d+\.\s*", "", stripped)
+            if not stripped.startswith("["):  # a domain label marks a special sense
+                glosses = [g for g in re.split(r",\s*", re.sub(r"<[^>]*>", "", stripped))
+                           if "[" not in g]
+                heads.setdefault(word, []).extend(glosses[:1])
+                senses.setdefault(word, []).extend(glosses)
+    shared: dict[str, int] = {}
+    for glosses in senses.values():
+        for english in {clean_gloss(g) for g in glosses} - {""}:
+            shared[english] = shared.get(english, 0) + 1
+    return [(word, sorted(heads[word], key=lambda g: -shared.get(clean_gloss(g), 0))
+             + glosses, -len(glosses)) for word, glosses in senses.items()]
+
+
+DICTIONARY_MAX_PAIRS = 5000  # per language, the default of a ``kind: dictionary`` source
+DICTD_BASE64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def dictionary_file(path: str | Path, language: str) -> Path:
+    """The dictionary of ``language`` in a folder: ``cc-cedict.txt`` (zh),
+    ``jmdict.db`` (ja) or ``freedict-<xxx>-eng.index``; a file path is returned as is."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    lang = language.split("_")[0].split("-")[0]
+    names = {"zh": ["cc-cedict.txt"], "ja": ["jmdict.db"]}.get(lang, [])
+    names.append(f"freedict-{FREEDICT_CODES.get(lang, lang)}-eng.index")
+    for name in names:
+        if (path / name).exists():
+            return path / name
+    raise TrainingDataError(f"{path}: no dictionary for language {language!r} "
+                            f"(looked for {', '.join(names)})")
+
+
+def read_dictionary(path: str | Path, language: str, max_pairs: int = 0) -> list[Row]:
+    """Word-level parallel rows (English gloss -> headword) of one bilingual dictionary:
+    CC-CEDICT text (``*.txt``, simplified headwords), a jamdict JMdict SQLite database
+    (``*.db``) or a FreeDict dictd ``*.index`` (beside its ``.dict.dz``). Each headword
+    once, with its first gloss that :func:`clean_gloss` keeps (1-3 English words); CJK
+    headwords only of Han/kana/hangul, others only of letters; common words first
+    (see each format's ranking), ``max_pairs`` of them (0: all)."""
+    path = Path(path)
+    if not path.exists():
+        raise TrainingDataError(f"{path}: no such dictionary")
+    if path.suffix == ".index":
+        entries = _freedict_entries(path)
+    elif path.suffix in (".db", ".sqlite"):
+        entries = _jmdict_entries(path)
+    else:
+        entries = _cedict_entries(path)
+    return _dictionary_rows(entries, language, max_pairs)
+
+
 def load_parallel_source(spec: dict[str, Any]) -> Sequence[Row]:
     """One parallel source of a config:
-    ``{kind: tatoeba|ntrex|gettext|cldr|rows, path: ..., ...}``."""
+    ``{kind: tatoeba|ntrex|gettext|cldr|dictionary|rows, path: ..., ...}``."""
     kind, path, languages = spec.get("kind", "rows"), spec.get("path"), spec.get("languages")
     if kind == "cldr":
         return read_cldr(languages or [])
@@ -260,10 +487,16 @@ def load_parallel_source(spec: dict[str, Any]) -> Sequence[Row]:
     if kind == "gettext":
         return read_gettext(path, languages or [], int(spec.get("max_pairs", 0)),
                             int(spec.get("seed", 0)))
+    if kind == "dictionary":
+        max_pairs = int(spec.get("max_pairs", DICTIONARY_MAX_PAIRS))
+        if not languages:
+            raise TrainingDataError(f"parallel source {spec}: field 'languages' is required")
+        return [row for lang in languages
+                for row in read_dictionary(dictionary_file(path, lang), lang, max_pairs)]
     if kind == "rows":
         return load_rows(path, PARALLEL_COLUMNS, split=spec.get("split", "train"))
     raise TrainingDataError(f"parallel source {spec}: unknown kind {kind!r} "
-                            "(tatoeba, ntrex, gettext, cldr or rows)")
+                            "(tatoeba, ntrex, gettext, cldr, dictionary or rows)")
 
 
 def iter_rows(dataset: Sequence[Any]) -> Iterator[Row]:
