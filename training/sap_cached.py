@@ -411,7 +411,7 @@ def save_pack(prepared: Prepared, folder: Path) -> None:
     """Write ``prepared`` compactly into files of ``folder`` that can travel apart: the
     encoder's embedding matrix cut to the pieces the texts use (ids renumbered) in shards,
     and the rest: the encoder and head in fp16, the teacher as terms per row, int16 columns
-    and fp16 weights."""
+    (for English vocabularies of up to 32,768 pieces) and fp16 weights."""
     kept = sorted({i for ids in prepared.ids for i in ids} | {prepared.pad_id}
                   | set(prepared.ignored.tolist()))
     renumber = torch.full((max(kept) + 1,), -1, dtype=torch.int32)
@@ -433,7 +433,8 @@ def save_pack(prepared: Prepared, folder: Path) -> None:
                 "lengths": torch.tensor([len(ids) for ids in prepared.ids], dtype=torch.int32),
                 "pad_id": int(renumber[prepared.pad_id]), "pairs": prepared.pairs,
                 "teacher": (torch.bincount(rows, minlength=teacher.shape[0]).int(),
-                            columns.short(), teacher.values().half(), tuple(teacher.shape)),
+                            columns.short() if teacher.shape[1] <= 2**15 else columns.int(),
+                            teacher.values().half(), tuple(teacher.shape)),
                 "cap_rows": prepared.cap_rows, "english_pieces": prepared.english_pieces},
                folder / PACK_REST)
     sizes = ", ".join(f"{path.name} {path.stat().st_size / 2**20:.1f} MiB"
