@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from _model_helpers import make_tiny
 
@@ -133,3 +134,20 @@ def test_states_cached_below_the_trained_layers_equal_the_full_encoder(tmp_path)
     assert torch.equal(mask, full_mask)
     # fp16 caching costs < 1e-3 here; attending to the padding would cost ~8e-3
     assert torch.allclose(hidden * mask[..., None], full * full_mask[..., None], atol=3e-3)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--from-pack", "p", "--train-layers", "7", "--parts-out", "x"],
+     "--train-layers must be in 0..6"),
+    (["--from-pack", "p", "--dev", "-1", "--parts-out", "x"], "must not be negative"),
+    (["--config", "c.yaml", "--parts", "p", "--parts-out", "x"], "--parts needs"),
+])
+def test_flags_that_cannot_mean_anything_are_refused_before_work(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        sap_cached.parse_args(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_dev_set_of_every_english_text_is_refused():
+    with pytest.raises(SystemExit, match="no pair would be left"):
+        sap_cached.split_dev(torch.tensor([[0, 2, 0], [1, 3, 1]]), 2, seed=0)

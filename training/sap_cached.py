@@ -111,6 +111,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--parts needs --config and --out")
     if args.from_pack and args.pack:
         parser.error("--pack needs --config")
+    if not 0 <= args.train_layers <= args.layers:
+        parser.error(f"--train-layers must be in 0..{args.layers} (--layers), "
+                     f"got {args.train_layers}")
+    if args.dev < 0 or args.flops < 0:
+        parser.error("--dev and --flops must not be negative")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: torch sees no CUDA device here")
     return args
 
 
@@ -501,6 +508,9 @@ def split_dev(pairs: torch.Tensor, count: int, seed: int) -> tuple[torch.Tensor,
     generator = torch.Generator().manual_seed(seed)
     dev = english[torch.randperm(len(english), generator=generator)[:count]]
     is_dev = torch.isin(pairs[:, 2], dev)
+    if is_dev.all():
+        raise SystemExit(f"--dev {count}: that is every English text ({len(english)}); "
+                         "no pair would be left to train on")
     return pairs[~is_dev], pairs[is_dev]
 
 
