@@ -22,6 +22,7 @@ import pytest
 from _cluster_helpers import start_cluster
 from _ingest_helpers import write_corpus
 
+from milco_os.core.errors import IndexNotFoundError
 from milco_os.devcluster import LocalCluster
 from milco_os.engines import TransientEngineError, open_engine
 from milco_os.engines.connection import ConnectionSettings
@@ -53,10 +54,12 @@ def three_nodes(request) -> Iterator[tuple[str, LocalCluster]]:
 
 
 def count_so_far(engine, index: str) -> int:
-    """Documents in ``index`` now; 0 while it is missing or its new shards start (503)."""
+    """Documents in ``index`` now; 0 while it is missing or its new shards start (503).
+    Each request may reach another node, and a node that has not yet applied the new
+    cluster state answers 404 for an index another one just reported."""
     try:
-        return engine.count(index) if engine.index_exists(index) else 0
-    except TransientEngineError:
+        return engine.count(index)
+    except (IndexNotFoundError, TransientEngineError):
         return 0
 
 
