@@ -2,7 +2,7 @@
 
     python bench/run.py [--only encode,latency,local,opensearch,startup,serve,ingest,query,
                                scaling]
-                        [--quick] [--model FOLDER_OR_NAME]
+                        [--quick] [--sizes N[,N...]] [--model FOLDER_OR_NAME]
 
 Benchmarks (each measures milco-os against a named baseline in the same run). The
 trained MILCO is ``--model`` (default: ``$MILCO_OS_BENCH_MODEL``, else the shipped
@@ -53,6 +53,7 @@ BENCHMARKS = ("encode", "latency", "local", "opensearch", "startup", "serve", "i
               "scaling")
 SIZES = {"local": ((20_000,), (1_000_000,)),
          "opensearch": ((20_000,), (100_000, 1_000_000))}  # (quick, full)
+CHOSEN_SIZES: tuple[int, ...] = ()  # --sizes: passages of local and opensearch, when given
 REAL_DOCUMENTS = (1000, 1000)  # real passages encoded for the term statistics (quick, full)
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
@@ -83,10 +84,15 @@ def run_latency(quick: bool, model: Path) -> None:
     save_result("latency", bench_latency.run(model, quick))
 
 
+def sizes(name: str, quick: bool) -> tuple[int, ...]:
+    """The corpus sizes of benchmark ``name``: ``--sizes`` when given, else quick or full."""
+    return CHOSEN_SIZES or SIZES[name][not quick]
+
+
 def run_local(quick: bool, model: Path) -> None:
     import bench_local
 
-    for n in SIZES["local"][not quick]:
+    for n in sizes("local", quick):
         save_result(f"local_approximate_{n}",
                     bench_local.run(model, n, REAL_DOCUMENTS[not quick], 100))
 
@@ -94,7 +100,7 @@ def run_local(quick: bool, model: Path) -> None:
 def run_opensearch(quick: bool, model: Path) -> None:
     import bench_opensearch
 
-    for n in SIZES["opensearch"][not quick]:
+    for n in sizes("opensearch", quick):
         save_result(f"opensearch_{n}",
                     bench_opensearch.run(model, n, REAL_DOCUMENTS[not quick], 100, 100))
 
@@ -378,11 +384,27 @@ def write_table(text: str) -> Path:
     return fallback
 
 
+def passage_counts(text: str) -> tuple[int, ...]:
+    """``--sizes``: comma-separated passage counts, each at least 1,000."""
+    try:
+        counts = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from None
+    if not counts or min(counts) < 1000:
+        raise argparse.ArgumentTypeError(f"each size must be at least 1000, got {text!r}")
+    return counts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default=",".join(BENCHMARKS),
                         help=f"comma-separated subset of {', '.join(BENCHMARKS)}")
     parser.add_argument("--quick", action="store_true", help="small sizes (~10 minutes)")
+    parser.add_argument("--sizes", type=passage_counts, default=(),
+                        help="passages of the local and opensearch runs, e.g. 100000 "
+                             "[default: 20000 with --quick, else local 1000000 and "
+                             "opensearch 100000,1000000]")
     parser.add_argument("--model", help="trained MILCO folder or name [default: see above]")
     parser.add_argument("--table-only", action="store_true",
                         help="only refresh the README table from bench/results/*.json")
@@ -393,6 +415,8 @@ def main() -> None:
         parser.error(f"unknown benchmark(s) {unknown}; expected some of {BENCHMARKS}")
     if args.table_only:
         chosen = []
+    global CHOSEN_SIZES
+    CHOSEN_SIZES = args.sizes
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     needs_cluster = set(chosen) & {"opensearch", "ingest", "query", "scaling"}
     model = bench_model(args.model) if chosen else None

@@ -152,3 +152,11 @@ def test_flags_that_cannot_mean_anything_are_refused_before_work(argv, message, 
 def test_a_dev_set_of_every_english_text_is_refused():
     with pytest.raises(SystemExit, match="no pair would be left"):
         sap_cached.split_dev(torch.tensor([[0, 2, 0], [1, 3, 1]]), 2, seed=0)
+
+
+def test_the_dev_ranking_counts_a_tie_against_the_right_text():
+    scores = torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 3.0, 3.0]])
+    report = sap_cached.rank_report("pivot", scores)
+    # row 0 is first; row 1 (all zero) is last of 3; row 2 ties for first, counted second
+    assert report["pivot S@1"] == pytest.approx(1 / 3)
+    assert report["pivot MRR"] == pytest.approx((1 + 1 / 3 + 1 / 2) / 3)

@@ -560,7 +560,9 @@ def top_terms(vectors: torch.Tensor, top: int, missing: int) -> torch.Tensor:
 
 
 def rank_report(name: str, scores: torch.Tensor) -> dict[str, float]:
-    rank = (scores > scores.diagonal().unsqueeze(1)).sum(1) + 1
+    """Success@1 and MRR of row i finding column i; a tie ranks the right column last, so
+    that texts with empty vectors (all scores 0) count as failures, not successes."""
+    rank = (scores >= scores.diagonal().unsqueeze(1)).sum(1)
     return {f"{name} S@1": (rank == 1).float().mean().item(),
             f"{name} MRR": (1 / rank.float()).mean().item()}
 
