@@ -160,3 +160,67 @@ def test_the_dev_ranking_counts_a_tie_against_the_right_text():
     # row 0 is first; row 1 (all zero) is last of 3; row 2 ties for first, counted second
     assert report["pivot S@1"] == pytest.approx(1 / 3)
     assert report["pivot MRR"] == pytest.approx((1 + 1 / 3 + 1 / 2) / 3)
+
+
+def tiny_tokens(prepared: sap_cached.Prepared, seed: int = 2) -> sap_cached.TokenData:
+    """A random tiny English teacher, and word pieces covering each English text's
+    non-special positions (two positions share a piece, one piece spans two)."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    head = prepared.model.config.head_config()
+    config = BertConfig(vocab_size=head.vocab_size, hidden_size=head.hidden_size,
+                        num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=2 * head.hidden_size)
+    torch.manual_seed(seed)
+    teacher = BertForMaskedLM(config)
+    english_rows = prepared.pairs[:, 1].tolist()
+    english_ids, cover = [], []
+    for text in english_rows:
+        positions = len(prepared.ids[text]) - 2  # between <s> and </s>
+        english_ids.append([101, *range(1000, 1000 + positions), 102])
+        cover.append(torch.tensor([[i, min(i, positions - 1), min(i + 1, positions)]
+                                   for i in range(1, positions + 1)], dtype=torch.int32))
+    return sap_cached.TokenData(teacher_config=config.to_dict(),
+                                teacher_state=teacher.state_dict(),
+                                english_ids=english_ids, cover=cover)
+
+
+def test_per_token_targets_of_a_text_aligned_to_itself_are_the_english_ones(tmp_path):
+    prepared = tiny_prepared(make_tiny(tmp_path / "tiny"))
+    tokens = tiny_tokens(prepared)
+    teacher = tokens.teacher(torch.device("cpu"))
+    cache = sap_cached.StateCache(prepared.model, prepared.ids, 1, torch.device("cpu"))
+    rows = [0, 3]
+    english = cache.batch(prepared.pairs[rows, 1].tolist())
+    source, english_side = sap_cached.token_targets(tokens, teacher, rows, [english, english],
+                                                    prepared.ignored)
+    # every covered English position has the max of its pieces' logits ...
+    with torch.no_grad():
+        logits = teacher(input_ids=torch.tensor([tokens.english_ids[0]])).logits[0]
+    first, last = tokens.cover[0][0, 1:].tolist()
+    assert english_side[1][0] == 1
+    assert torch.allclose(english_side[2][0], logits[first:last + 1].max(0).values, atol=1e-5)
+    assert len(english_side[0]) == sum(len(tokens.cover[r]) for r in rows)
+    # ... and a source identical to its English side is aligned position by position
+    assert source[0] == english_side[0] and source[1] == english_side[1]
+    assert torch.equal(source[2], english_side[2])
+
+
+def test_per_token_distillation_trains_and_travels_in_a_pack(tmp_path):
+    prepared = tiny_prepared(make_tiny(tmp_path / "tiny"))
+    prepared.tokens = tiny_tokens(prepared)
+    sap_cached.save_pack(prepared, tmp_path / "pack")
+    packed = sap_cached.load_pack(tmp_path / "pack")
+    assert packed.tokens.english_ids == prepared.tokens.english_ids
+    assert all(torch.equal(a, b) for a, b in zip(packed.tokens.cover, prepared.tokens.cover,
+                                                  strict=True))
+
+    argv = ["--from-pack", str(tmp_path / "pack"), "--steps", "3", "--echo-steps", "1",
+            "--batch-size", "8", "--token-weight", "1", "--parts-out", "x"]
+    before = packed.model.projector.weight.detach().clone()
+    sap_cached.train(packed, sap_cached.parse_args(argv))
+    assert not torch.equal(packed.model.projector.weight, before)
+
+    packed.tokens = None  # a pack written before per-token distillation
+    with pytest.raises(SystemExit, match="no English word pieces"):
+        sap_cached.train(packed, sap_cached.parse_args(argv))

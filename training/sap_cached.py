@@ -17,6 +17,8 @@ Stages, each on encoder states computed once (the encoder is frozen):
    ``expm1`` of the teacher's weights, and ``-margin`` where the teacher has no term);
    special tokens and punctuation-only pieces of the English vocabulary are never
    targets, and their decoder bias is set far below zero, so no vector holds them;
+   ``--token-weight`` adds per-token distillation on aligned words (each position learns
+   the teacher's logits at the English word it stands for, :func:`token_targets`);
 2. document-frequency cap: an English term the pivot puts in more than ``--df-cap`` of
    the English training sentences has its decoder bias lowered until only that share
    holds it (splade-tiny spreads ``you``, ``brothers``, ``murder`` over a third of all
@@ -91,6 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--flops", type=float, default=0.0,
                         help="weight of a FLOPS penalty on the pivot vectors in alignment")
+    parser.add_argument("--token-weight", type=float, default=0.0,
+                        help="weight of per-token distillation on aligned words in alignment")
     parser.add_argument("--dev", type=int, default=0,
                         help="English texts whose pairs stay out of training, to measure on")
     parser.add_argument("--train-layers", type=int, default=0,
@@ -114,8 +118,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not 0 <= args.train_layers <= args.layers:
         parser.error(f"--train-layers must be in 0..{args.layers} (--layers), "
                      f"got {args.train_layers}")
-    if args.dev < 0 or args.flops < 0:
-        parser.error("--dev and --flops must not be negative")
+    if args.dev < 0 or args.flops < 0 or args.token_weight < 0:
+        parser.error("--dev, --flops and --token-weight must not be negative")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: torch sees no CUDA device here")
     return args
@@ -259,17 +263,152 @@ def optimise(name: str, groups: list[dict], steps: int, warmup: int, seed: int,
                   flush=True)
 
 
+@dataclass
+class TokenData:
+    """What per-token distillation reads: the teacher (a ``BertForMaskedLM`` config and
+    fp16 state), each English text's word-piece ids, and for each of its encoder positions
+    the word-piece positions that cover the same characters."""
+
+    teacher_config: dict
+    teacher_state: dict[str, torch.Tensor]
+    english_ids: list[list[int]]
+    cover: list[torch.Tensor]  # per English text: rows of character_cover
+
+    def teacher(self, device: torch.device) -> torch.nn.Module:
+        from transformers import BertConfig, BertForMaskedLM
+
+        teacher = BertForMaskedLM(BertConfig(**self.teacher_config))
+        teacher.load_state_dict({k: v.float() for k, v in self.teacher_state.items()})
+        return teacher.to(device).eval().requires_grad_(False)
+
+    def to_pack(self) -> dict:
+        """Plain tensors and lists (a pack must load without this module's classes); piece
+        ids and positions in 16 bits where they fit."""
+        id_type = torch.int16 if self.teacher_config["vocab_size"] <= 2**15 else torch.int32
+        return {"teacher_config": self.teacher_config, "teacher_state": self.teacher_state,
+                "english_ids": flatten([torch.tensor(ids, dtype=id_type)
+                                        for ids in self.english_ids]),
+                "cover": flatten([rows.short() for rows in self.cover])}
+
+    @classmethod
+    def from_pack(cls, packed: dict) -> TokenData:
+        return cls(teacher_config=packed["teacher_config"],
+                   teacher_state=packed["teacher_state"],
+                   english_ids=[ids.tolist() for ids in unflatten(*packed["english_ids"])],
+                   cover=[rows.int() for rows in unflatten(*packed["cover"])])
+
+
+def flatten(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of varied lengths as (all rows concatenated, each row's length)."""
+    lengths = torch.tensor([len(row) for row in rows], dtype=torch.int64)
+    return torch.cat(rows) if rows else torch.empty(0), lengths
+
+
+def unflatten(values: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
+    return list(torch.split(values, lengths.tolist()))
+
+
+def character_cover(positions: list[tuple[int, int]], skipped: list[bool],
+                    pieces: list[tuple[int, int]]) -> torch.Tensor:
+    """Rows (encoder position, first piece, last piece): for each encoder position (a
+    character span, not ``skipped``), the word pieces whose spans overlap it, which are
+    consecutive; positions that no piece covers are left out.
+
+    >>> character_cover([(0, 0), (0, 5), (5, 11)], [True, False, False],
+    ...                 [(0, 0), (0, 3), (3, 5), (6, 11)]).tolist()
+    [[1, 1, 2], [2, 3, 3]]
+    """
+    cover = []
+    for i, (start, end) in enumerate(positions):
+        if skipped[i] or end <= start:
+            continue
+        covering = [j for j, (s, e) in enumerate(pieces) if e > s and s < end and e > start]
+        if covering:
+            cover.append((i, covering[0], covering[-1]))
+    return torch.tensor(cover, dtype=torch.int32).reshape(-1, 3)
+
+
+def mutual_argmax(source: torch.Tensor, english: torch.Tensor) -> list[tuple[int, int]]:
+    """Word alignment as SimAlign's arg-max rule: (i, j) where English position j is the
+    most similar (cosine) to source position i and i is the most similar to j.
+
+    >>> mutual_argmax(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.1, 1.0]]),
+    ...               torch.tensor([[0.0, 1.0], [1.0, 0.1]]))
+    [(0, 1), (1, 0)]
+    """
+    similarity = F.normalize(source, dim=-1) @ F.normalize(english, dim=-1).T
+    forward, backward = similarity.argmax(1), similarity.argmax(0)
+    return [(i, int(j)) for i, j in enumerate(forward.tolist()) if int(backward[j]) == i]
+
+
+def token_targets(tokens: TokenData, teacher: torch.nn.Module, english_rows: list[int],
+                  sides: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                  ignored: torch.Tensor) -> list[tuple[list[int], list[int], torch.Tensor]]:
+    """Per side (non-English, English): the batch rows and positions that have a target, and
+    the teacher's raw MLM logits there (the max over the word pieces of the English word)."""
+    ids, mask = pad([tokens.english_ids[r] for r in english_rows], 0)
+    device = sides[0][0].device
+    with torch.no_grad():
+        logits = teacher(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+    found: list[tuple[list[int], list[int], list[torch.Tensor]]] = [([], [], []), ([], [], [])]
+    (source, source_mask, source_ids), (english, english_mask, _) = sides
+    for row, english_row in enumerate(english_rows):
+        at = {i: logits[row, first:last + 1].max(0).values
+              for i, first, last in tokens.cover[english_row].tolist()}
+        usable = (~torch.isin(source_ids[row], ignored)) & (source_mask[row] > 0)
+        kept = usable.nonzero().squeeze(-1)
+        english_at = torch.tensor(sorted(at), dtype=torch.long, device=device)
+        for side, pairs in ((1, [(i, i) for i in sorted(at)]),
+                            (0, [(int(kept[i]), int(english_at[j])) for i, j in mutual_argmax(
+                                source[row, kept], english[row, english_at])]
+                             if len(kept) and len(at) else [])):
+            for position, english_position in pairs:
+                found[side][0].append(row)
+                found[side][1].append(position)
+                found[side][2].append(at[english_position])
+    return [(rows, positions, torch.stack(targets) if targets else torch.empty(0))
+            for rows, positions, targets in found]
+
+
+def token_smse(model: MilcoModel, hidden: torch.Tensor, rows: list[int], positions: list[int],
+               targets: torch.Tensor, margin: float) -> torch.Tensor:
+    """SMSE between the student's raw logits at the aligned positions and the teacher's, on
+    the columns where either is positive."""
+    if not rows:
+        return hidden.new_zeros(())
+    transformed = model.mlm_head.predictions.transform(
+        F.gelu(model.projector(hidden[rows, positions])))
+    decoder = model.mlm_head.predictions.decoder
+    with torch.no_grad():
+        student = transformed @ decoder.weight.T + decoder.bias
+        columns = ((student > 0) | (targets > 0)).any(0).nonzero().squeeze(-1)
+    raw = transformed @ decoder.weight[columns].T + decoder.bias[columns]
+    return smse(raw, torch.log1p(torch.relu(targets[:, columns])), margin)
+
+
 def train_alignment(model: MilcoModel, cache: StateCache, pairs: torch.Tensor,
-                    teacher: torch.Tensor, args: argparse.Namespace) -> None:
+                    teacher: torch.Tensor, args: argparse.Namespace,
+                    tokens: TokenData | None = None, ignored: torch.Tensor | None = None) -> None:
+    if args.token_weight and tokens is None:
+        raise SystemExit("--token-weight: this data has no English word pieces; write the "
+                         "pack again with this version (--pack)")
+    token_teacher = tokens.teacher(teacher.device) if args.token_weight else None
+
     def batch_loss(batch: torch.Tensor) -> torch.Tensor:
         target = teacher.index_select(0, batch[:, 2].to(teacher.device)).to_dense()
         loss = torch.zeros((), device=target.device)
+        sides = [cache.batch(batch[:, side].tolist()) for side in (0, 1)]
+        aligned = token_targets(tokens, token_teacher, batch[:, 2].tolist(), sides,
+                                ignored.to(target.device)) if token_teacher else None
         for side in (0, 1):  # the non-English text, then the English text
-            hidden, mask, _ = cache.batch(batch[:, side].tolist())
+            hidden, mask, _ = sides[side]
             raw, columns = pooled_raw_active(model, hidden, mask, target)
             loss = loss + smse(raw, target[:, columns], args.margin)
             if args.flops:  # every term outside ``columns`` weighs 0 already
                 loss = loss + args.flops * torch.log1p(torch.relu(raw)).mean(0).pow(2).sum()
+            if aligned:
+                loss = loss + args.token_weight * token_smse(model, hidden, *aligned[side],
+                                                             args.margin)
         return loss
 
     head = [*model.projector.parameters(), *model.mlm_head.parameters()]
@@ -322,8 +461,8 @@ def train_echo(model: MilcoModel, cache: StateCache, pairs: torch.Tensor,
 class Prepared:
     """What training reads: the model, every text's token ids, the pairs (non-English
     text, English text, teacher row), the teacher's vectors of the English texts, the
-    English texts the cap is set on, the source pieces that echo nothing, and the English
-    pieces (to name terms)."""
+    English texts the cap is set on, the source pieces that echo nothing, the English
+    pieces (to name terms), and what per-token distillation reads."""
 
     model: MilcoModel
     ids: list[list[int]]
@@ -333,6 +472,7 @@ class Prepared:
     cap_rows: list[int]
     ignored: torch.Tensor
     english_pieces: list[str]
+    tokens: TokenData | None = None
 
 
 def build_model(config: dict, layers: int) -> MilcoModel:
@@ -368,15 +508,42 @@ def prepare(config: dict, args: argparse.Namespace) -> Prepared:
                            english_row[r["english"]]] for r in rows])
     print(f"{len(rows)} pairs ({heldout} left out: held-out text), {len(texts)} texts; "
           f"encoder cut to {args.layers} layers", flush=True)
+    encoded = m_tokenizer(texts, truncation=True, max_length=args.max_length,
+                          return_offsets_mapping=True)
+    ignored = torch.tensor(model.config.echo_ignored_ids)
     return Prepared(
-        model=model,
-        ids=m_tokenizer(texts, truncation=True, max_length=args.max_length)["input_ids"],
+        model=model, ids=encoded["input_ids"],
         pad_id=m_tokenizer.pad_token_id, pairs=pairs,
         teacher=teacher_vectors(str(model.tokenizer_dirs["en"]), english, blocked,
                                 args.max_length),
         cap_rows=[index[t] for t in running_text(config["data"]["parallel"])],
-        ignored=torch.tensor(model.config.echo_ignored_ids),
-        english_pieces=en_tokenizer.convert_ids_to_tokens(list(range(len(en_tokenizer)))))
+        ignored=ignored,
+        english_pieces=en_tokenizer.convert_ids_to_tokens(list(range(len(en_tokenizer)))),
+        tokens=token_data(str(model.tokenizer_dirs["en"]), english,
+                          [encoded[index[t]] for t in english], ignored, blocked,
+                          args.max_length))
+
+
+def token_data(teacher_dir: str, english: list[str], encoded: list, ignored: torch.Tensor,
+               blocked: torch.Tensor, max_length: int) -> TokenData:
+    """The teacher (its noise terms blocked, as the student's are), the English texts' word
+    pieces, and which pieces cover each encoder position of those texts."""
+    from transformers import AutoTokenizer, BertForMaskedLM
+
+    from milco_os.models.files import config_fields
+
+    teacher = BertForMaskedLM.from_pretrained(teacher_dir)
+    state = {k: v.half() for k, v in teacher.state_dict().items()}
+    for key in ("cls.predictions.bias", "cls.predictions.decoder.bias"):
+        if key in state:
+            state[key][blocked] = BLOCKED_BIAS
+    pieces = AutoTokenizer.from_pretrained(teacher_dir)(
+        english, truncation=True, max_length=max_length, return_offsets_mapping=True)
+    skipped = set(ignored.tolist())
+    cover = [character_cover(text.offsets, [i in skipped for i in text.ids],
+                             pieces[row].offsets) for row, text in enumerate(encoded)]
+    return TokenData(teacher_config=config_fields(teacher.config.to_dict()),
+                     teacher_state=state, english_ids=pieces["input_ids"], cover=cover)
 
 
 RUNNING_TEXT = ("tatoeba", "ntrex", "rows")  # sentences and passages, not labels or words
@@ -411,6 +578,7 @@ def report_cap(capped: dict[int, float], piece: Callable[[int], str], cap: float
 
 ENCODER_EMBEDDINGS = "m_model.embeddings.word_embeddings.weight"
 PACK_REST = "rest.pt"
+PACK_TOKENS = "tokens.pt"  # what per-token distillation reads, when the pack has it
 PACK_SHARD_ROWS = 65536  # embeddings-<n>.pt: 48 MiB each at 384 dimensions in fp16
 
 
@@ -444,6 +612,8 @@ def save_pack(prepared: Prepared, folder: Path) -> None:
                             teacher.values().half(), tuple(teacher.shape)),
                 "cap_rows": prepared.cap_rows, "english_pieces": prepared.english_pieces},
                folder / PACK_REST)
+    if prepared.tokens:  # a file of its own: a machine call carries at most 64 MiB
+        torch.save(prepared.tokens.to_pack(), folder / PACK_TOKENS)
     sizes = ", ".join(f"{path.name} {path.stat().st_size / 2**20:.1f} MiB"
                       for path in sorted(folder.glob("*.pt")))
     print(f"pack {folder}: {len(prepared.ids)} texts, {len(kept)} encoder pieces; {sizes}",
@@ -468,7 +638,9 @@ def load_pack(folder: Path) -> Prepared:
                     ids=[ids[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)],
                     pad_id=pack["pad_id"], pairs=pack["pairs"], teacher=teacher,
                     cap_rows=pack["cap_rows"], ignored=torch.tensor(model.config.echo_ignored_ids),
-                    english_pieces=pack["english_pieces"])
+                    english_pieces=pack["english_pieces"],
+                    tokens=TokenData.from_pack(torch.load(folder / PACK_TOKENS))
+                    if (folder / PACK_TOKENS).is_file() else None)
 
 
 HEAD_PARTS = ("projector.", "mlm_head.", "echo.", "scale")
@@ -581,7 +753,7 @@ def train(prepared: Prepared, args: argparse.Namespace) -> None:
     cache = StateCache(model, prepared.ids, prepared.pad_id, device, args.train_layers)
     pairs, dev = split_dev(prepared.pairs, args.dev, args.seed)
     model.train()
-    train_alignment(model, cache, pairs, teacher, args)
+    train_alignment(model, cache, pairs, teacher, args, prepared.tokens, ignored)
     if args.df_cap:
         held = set(dev[:, 1].tolist())
         capped = cap_document_frequency(model, cache, [r for r in prepared.cap_rows
