@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from _model_helpers import make_tiny
+from safetensors.torch import load_file
 
 from milco_os.models.milco import MilcoModel
 
@@ -142,6 +143,9 @@ def test_states_cached_below_the_trained_layers_equal_the_full_encoder(tmp_path)
      "--train-layers must be in 0..6"),
     (["--from-pack", "p", "--dev", "-1", "--parts-out", "x"], "must not be negative"),
     (["--config", "c.yaml", "--parts", "p", "--parts-out", "x"], "--parts needs"),
+    (["--config", "c.yaml", "--init", "i", "--pack", "x"], "--pack and --parts do not train"),
+    (["--from-pack", "p", "--init", "no-such-heads", "--parts-out", "x"],
+     "--init no-such-heads: no such file"),
 ])
 def test_flags_that_cannot_mean_anything_are_refused_before_work(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -224,3 +228,27 @@ def test_per_token_distillation_trains_and_travels_in_a_pack(tmp_path):
     packed.tokens = None  # a pack written before per-token distillation
     with pytest.raises(SystemExit, match="no English word pieces"):
         sap_cached.train(packed, sap_cached.parse_args(argv))
+
+
+def test_a_run_from_init_heads_keeps_a_frozen_decoder_and_trains_the_rest(tmp_path):
+    sap_cached.save_pack(tiny_prepared(make_tiny(tmp_path / "tiny")), tmp_path / "pack")
+    common = ["--from-pack", str(tmp_path / "pack"), "--steps", "3", "--echo-steps", "1",
+              "--batch-size", "8", "--lr", "1e-2"]
+    first = sap_cached.main([*common, "--parts-out", str(tmp_path / "first.safetensors")])
+    second = sap_cached.main([*common, "--init", str(first), "--freeze-decoder",
+                              "--parts-out", str(tmp_path / "second.safetensors")])
+    start, end = load_file(str(first)), load_file(str(second))
+    decoder = "mlm_head.predictions.decoder.weight"
+    packed = sap_cached.load_pack(tmp_path / "pack").model.state_dict()[decoder]
+    assert not torch.equal(start[decoder], packed)  # the first run trained the decoder ...
+    assert torch.equal(end[decoder], start[decoder])  # ... the second started there, frozen
+    assert not torch.equal(end["projector.weight"], start["projector.weight"])
+
+
+def test_init_from_a_milco_folder_takes_its_heads(tmp_path):
+    source = MilcoModel.from_pretrained(make_tiny(tmp_path / "a", seed=1))
+    model = MilcoModel.from_pretrained(make_tiny(tmp_path / "b", seed=2))
+    assert not torch.equal(model.projector.weight, source.projector.weight)
+    sap_cached.load_trained_parts(model, tmp_path / "a")
+    for key, value in sap_cached.trained_parts(source).items():
+        assert torch.equal(model.state_dict()[key], value), key

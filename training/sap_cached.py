@@ -100,6 +100,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train-layers", type=int, default=0,
                         help="top encoder layers trained in alignment (states cached below)")
     parser.add_argument("--encoder-lr", type=float, default=1e-4)
+    parser.add_argument("--init", type=Path,
+                        help="start from these heads: a file --parts-out wrote, or a MILCO "
+                             "folder of the same encoder (milco-os model path milco-small)")
+    parser.add_argument("--freeze-decoder", action="store_true",
+                        help="keep the English head's word vectors (its decoder matrix) as "
+                             "they start")
     parser.add_argument("--device", default="cpu")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", type=Path)
@@ -115,6 +121,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--parts needs --config and --out")
     if args.from_pack and args.pack:
         parser.error("--pack needs --config")
+    if args.init and (args.pack or args.parts):
+        parser.error("--init starts training; --pack and --parts do not train")
+    if args.init and not args.init.exists():
+        parser.error(f"--init {args.init}: no such file or folder")
     if not 0 <= args.train_layers <= args.layers:
         parser.error(f"--train-layers must be in 0..{args.layers} (--layers), "
                      f"got {args.train_layers}")
@@ -411,7 +421,10 @@ def train_alignment(model: MilcoModel, cache: StateCache, pairs: torch.Tensor,
                                                              args.margin)
         return loss
 
-    head = [*model.projector.parameters(), *model.mlm_head.parameters()]
+    decoder = model.mlm_head.predictions.decoder.weight
+    head = [*model.projector.parameters(),
+            *(p for p in model.mlm_head.parameters()
+              if not (args.freeze_decoder and p is decoder))]
     encoder = [p for layer in cache.top for p in layer.parameters()]
     optimise("alignment", [{"params": head, "lr": args.lr},
                            {"params": encoder, "lr": args.encoder_lr}],
@@ -660,10 +673,12 @@ def trained_parts(model: MilcoModel, train_layers: int = 0) -> dict[str, torch.T
 
 
 def load_trained_parts(model: MilcoModel, path: Path) -> None:
-    """Put the parts ``--parts-out`` wrote into ``model``; every trained part must be there."""
+    """Put the parts ``--parts-out`` wrote into ``model``; every trained part must be there.
+    A MILCO folder (``--init``) gives its heads."""
     from safetensors.torch import load_file
 
-    parts = load_file(str(path))
+    parts = (trained_parts(MilcoModel.from_pretrained(path)) if path.is_dir()
+             else load_file(str(path)))
     layers = {k.split(".")[3] for k in parts if k.startswith("m_model.encoder.layer.")}
     wanted = {k for k in model.state_dict() if k.startswith(HEAD_PARTS + tuple(
         f"m_model.encoder.layer.{i}." for i in layers))}
@@ -791,6 +806,8 @@ def main(argv: list[str] | None = None) -> Path:
         if args.pack:
             save_pack(prepared, args.pack)
             return args.pack
+    if args.init:
+        load_trained_parts(prepared.model, args.init)
     train(prepared, args)
     if args.parts_out:
         save_safetensors(trained_parts(prepared.model, args.train_layers), args.parts_out)
