@@ -103,10 +103,11 @@ MILCO_SMALL = NamedModel(
              "last layers keep the sentence, not the token), a trained connector (384 -> 128) "
              "into the English SPLADE head of splade-tiny (pivot view over 30,522 English "
              "word pieces, special tokens and punctuation blocked, no term in more than a "
-             "fifth of the training sentences) and a LexEcho head (echo "
+             "tenth of the training sentences) and a LexEcho head (echo "
              "view over the input's own XLM-R pieces, special tokens and punctuation "
-             "ignored), trained by training/sap_cached.py (on one GPU from a pack; the "
-             "same command runs on a CPU)."),
+             "ignored), trained by training/sap_cached.py in two legs: alignment to the "
+             "teacher's vectors (one GPU, from a pack), then per-token distillation on "
+             "aligned words with the decoder's word vectors frozen (2 CPU cores)."),
 )
 NAMED_MODELS: dict[str, NamedModel] = {MILCO_SMALL.name: MILCO_SMALL}
 
