@@ -181,7 +181,8 @@ def tiny_tokens(prepared: sap_cached.Prepared, seed: int = 2) -> sap_cached.Toke
     english_ids, cover = [], []
     for text in english_rows:
         positions = len(prepared.ids[text]) - 2  # between <s> and </s>
-        english_ids.append([101, *range(1000, 1000 + positions), 102])
+        pieces = [3 + i % (config.vocab_size - 3) for i in range(positions)]
+        english_ids.append([1, *pieces, 2])  # ids the smallest test vocabulary has
         cover.append(torch.tensor([[i, min(i, positions - 1), min(i + 1, positions)]
                                    for i in range(1, positions + 1)], dtype=torch.int32))
     return sap_cached.TokenData(teacher_config=config.to_dict(),
