@@ -532,9 +532,10 @@ def prepare(config: dict, args: argparse.Namespace) -> Prepared:
         cap_rows=[index[t] for t in running_text(config["data"]["parallel"])],
         ignored=ignored,
         english_pieces=en_tokenizer.convert_ids_to_tokens(list(range(len(en_tokenizer)))),
+        # only where read: a pack may train with it elsewhere, a run here only if asked
         tokens=token_data(str(model.tokenizer_dirs["en"]), english,
                           [encoded[index[t]] for t in english], ignored, blocked,
-                          args.max_length))
+                          args.max_length) if args.token_weight or args.pack else None)
 
 
 def token_data(teacher_dir: str, english: list[str], encoded: list, ignored: torch.Tensor,
