@@ -401,7 +401,7 @@ class LocalEngine(Engine):
 
     def index_info(self, index: str) -> dict[str, Any]:
         manifest = self._manifest(index)
-        size = sum(p.stat().st_size for p in self._dir(index).iterdir() if p.is_file())
+        size = sum(_bytes_if_present(p) for p in self._dir(index).iterdir())
         return {"index": index, "meta": manifest["meta"], "docs": self.count(index),
                 "store_bytes": size, "settings": manifest["settings"]}
 
@@ -583,3 +583,12 @@ def _ranked(snapshot: _Snapshot, rows: np.ndarray, scores: np.ndarray, k: int,
     if collapse:
         hits = best_per_document(hits)
     return list(itertools.islice(hits, k))
+
+
+def _bytes_if_present(path: Path) -> int:
+    """A file's size, 0 for a folder or a file gone since the listing (another writer's
+    temporary file, renamed into place meanwhile)."""
+    try:
+        return path.stat().st_size if path.is_file() else 0
+    except FileNotFoundError:
+        return 0
