@@ -112,14 +112,18 @@ def test_the_decoder_ships_as_fp16_differences_of_its_changed_rows_only():
     trained = base.clone()
     trained[[3, 17, 41]] += 0.01 * torch.randn(3, 8, generator=generator)
     connector = torch.randn(8, 4, generator=generator)
+    layer = named.ENCODER_PREFIX + "encoder.layer.5.output.dense.weight"
+    rounded = torch.randn(8, 8, generator=generator).half().float()  # as training leaves it
     pooler = named.POOLER_PREFIX + "dense.bias"  # unused by the math: never shipped
-    packed = named.pack_trained({key: trained, "projector.weight": connector,
+    packed = named.pack_trained({key: trained, "projector.weight": connector, layer: rounded,
                                  pooler: torch.ones(8)}, {key: base})
     assert pooler not in packed
+    assert packed[layer].dtype == torch.float16  # a trained encoder layer: half the bytes ...
     assert packed[named.ROWS_KEY.format(key)].tolist() == [3, 17, 41]
     assert packed[named.DELTA_KEY.format(key)].dtype == torch.float16
     assert key not in packed and torch.equal(packed["projector.weight"], connector)
     unpacked = named.unpack_trained(packed, {key: base})
+    assert torch.equal(unpacked[layer], rounded)  # ... and exact
     assert torch.equal(unpacked[key][[0, 1, 2, 49]], base[[0, 1, 2, 49]])  # untouched rows exact
     assert (unpacked[key] - trained).abs().max() < 1e-5  # fp16 of differences ~0.01
     packed[named.ROWS_KEY.format(key)][0] = 50  # a row past the base is refused

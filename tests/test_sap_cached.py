@@ -107,7 +107,9 @@ def test_a_pack_keeps_the_math_and_its_trained_parts_go_back_into_the_full_model
     top_before = packed.model.m_model.encoder.layer[top].output.dense.weight.detach().clone()
     sap_cached.train(packed, args)
     assert not torch.equal(packed.model.m_model.encoder.layer[top].output.dense.weight,
-                           top_before)  # the top encoder layer trained
+                           top_before)  # the top encoder layer trained ...
+    trained_top = packed.model.m_model.encoder.layer[top].state_dict().values()
+    assert all(torch.equal(w, w.half().float()) for w in trained_top)  # ... to fp16 values
     sap_cached.save_safetensors(sap_cached.trained_parts(packed.model, 1),
                                 tmp_path / "parts.safetensors")
     full = MilcoModel.from_pretrained(folder).eval()

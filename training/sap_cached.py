@@ -431,6 +431,15 @@ def train_alignment(model: MilcoModel, cache: StateCache, pairs: torch.Tensor,
              args.steps, 50, args.seed, pairs, args.batch_size, batch_loss)
 
 
+def round_to_half(layers: list[torch.nn.Module]) -> None:
+    """Round the trained encoder layers to fp16 values: they ship in fp16
+    (``named.pack_trained``), so the cap, echo, the dev reports and the saved model all see
+    exactly what ships."""
+    with torch.no_grad():
+        for parameter in (p for layer in layers for p in layer.parameters()):
+            parameter.copy_(parameter.half().float())
+
+
 def cap_document_frequency(model: MilcoModel, cache: StateCache, rows: list[int],
                            cap: float, batch: int = 64) -> dict[int, float]:
     """Lower the decoder bias of each term that more than ``cap`` of the texts ``rows``
@@ -770,6 +779,7 @@ def train(prepared: Prepared, args: argparse.Namespace) -> None:
     pairs, dev = split_dev(prepared.pairs, args.dev, args.seed)
     model.train()
     train_alignment(model, cache, pairs, teacher, args, prepared.tokens, ignored)
+    round_to_half(cache.top)
     if args.df_cap:
         held = set(dev[:, 1].tolist())
         capped = cap_document_frequency(model, cache, [r for r in prepared.cap_rows

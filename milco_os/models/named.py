@@ -244,8 +244,10 @@ def pack_trained(trained: dict[str, torch.Tensor], frozen: dict[str, torch.Tenso
     """The tensors of the shipped ``trained.safetensors``: each :data:`ROW_DELTA_BASES`
     tensor as the indices of its rows that differ from the base and their fp16
     differences; other matrices of over :data:`HALF_ABOVE` weights in fp16 (they are
-    the size); the connector and heads exact; no pooler (:func:`_zero_pooler`)."""
-    out = {k: v.half() if v.numel() > HALF_ABOVE else v.float() for k, v in trained.items()
+    the size) and so are trained encoder layers (training rounds them to fp16, so this is
+    exact); the connector and heads exact; no pooler (:func:`_zero_pooler`)."""
+    out = {k: v.half() if v.numel() > HALF_ABOVE or k.startswith(ENCODER_PREFIX) else v.float()
+           for k, v in trained.items()
            if k not in ROW_DELTA_BASES and not k.startswith(POOLER_PREFIX)}
     for key in ROW_DELTA_BASES.keys() & trained.keys():
         delta = trained[key].float() - frozen[key]
