@@ -123,7 +123,7 @@ def encode_real(model: Path, n: int, kind: str = "document", from_end: bool = Fa
             tmp.write_text("".join(json.dumps(v.to_dict(), ensure_ascii=False) + "\n"
                                    for v in vectors), encoding="utf-8")
             tmp.replace(path)
-            print(f"encoded {min(start + CHUNK, n)}/{n} {kind}s", flush=True)
+            print(f"encoded {min(start + CHUNK, n)}/{n} {kind} texts", flush=True)
         rows += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     return from_dicts(texts, rows[:n])
 
