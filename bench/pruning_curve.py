@@ -3,7 +3,8 @@
 1. nDCG@10 (ir-measures) of X->English retrieval on the NTREX-128 articles held out
    of milco-small's training (training/eval_xling.py's set, exact dot products) at
    several document pruning levels, against terms per document:
-   ``bench/results/pruning_curve.json`` and ``pruning_curve.png``.
+   ``bench/results/pruning_curve.json`` and ``pruning_curve.png``; and at several query
+   pruning levels, the documents pruned as ingest prunes them by default (``queries``).
 2. Query latency p50 and recall@10 vs query terms, read from
    ``bench/results/query.json`` (``bench/run.py``): ``latency_vs_pruning.png``.
 
@@ -33,11 +34,12 @@ import eval_xling  # noqa: E402
 
 from milco_os.encoders import SparseEncoder  # noqa: E402
 from milco_os.evaluation import evaluate, exact_run, exact_scores  # noqa: E402
-from milco_os.vectors.pruning import Pruning  # noqa: E402
+from milco_os.vectors.pruning import Pruning, recommended_document_pruning  # noqa: E402
 
 LEVELS = ["none", "mass:0.3", "mass:0.5", "mass:0.7", "mass:0.85", "mass:0.95",
           "topk:128", "topk:64", "topk:48", "topk:32", "topk:16",
           "threshold:0.05", "threshold:0.1", "threshold:0.2", "threshold:0.3"]
+QUERY_LEVELS = ["none", "topk:64", "topk:48", "topk:32", "topk:24", "topk:16", "topk:8"]
 RESULTS = REPO / "bench" / "results"
 
 
@@ -52,29 +54,45 @@ SETS = {"ntrex": eval_xling.ntrex_heldout, "paragraphs": eval_xling.ntrex_paragr
 
 
 def effectiveness(model: str, langs: list[str], held_out: str = "ntrex"
-                  ) -> dict[str, dict[str, float]]:
+                  ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """(per document pruning level, per query pruning level with the documents pruned by
+    the model's ingest default): nDCG@10 and terms."""
     data = SETS[held_out](eval_xling.Holdout.from_config(eval_xling.DEFAULT_CONFIG), langs)
     encoder = SparseEncoder.from_pretrained(model, device="cpu")
     docs = list(data.corpus(None)())
     doc_vectors = encoder.encode([d.text for d in docs], kind="document")
     query_vectors = encoder.encode([q.text for q in data.queries], kind="query")
     qids, doc_ids = [q.id for q in data.queries], [d.id for d in docs]
+
+    def ndcg(queries: list, documents: list) -> dict[str, float]:
+        result = evaluate(exact_run(exact_scores(queries, documents), qids, doc_ids),
+                          data.queries, data.qrels, [eval_xling.METRIC])
+        return {"ndcg@10": result.average[eval_xling.METRIC],
+                **{f"ndcg@10_{lang}": scores[eval_xling.METRIC]
+                   for lang, scores in result.per_language.items()}}
+
     table = {}
     for level in LEVELS:
         pruned = [Pruning.parse(level).apply(v) for v in doc_vectors]
-        result = evaluate(exact_run(exact_scores(query_vectors, pruned), qids, doc_ids),
-                          data.queries, data.qrels, [eval_xling.METRIC])
-        mean = result.average[eval_xling.METRIC]
+        scores = ndcg(query_vectors, pruned)
         terms = np.mean([len(v.pivot) + len(v.echo) for v in pruned])
         common, share = most_common_pivot_term(pruned)
-        table[level] = {"ndcg@10": mean, "terms_per_doc": float(terms),
+        table[level] = {**scores, "terms_per_doc": float(terms),
                         "pivot_terms_per_doc": float(np.mean([len(v.pivot) for v in pruned])),
-                        "most_common_pivot_term": common, "its_document_share": share,
-                        **{f"ndcg@10_{lang}": scores[eval_xling.METRIC]
-                           for lang, scores in result.per_language.items()}}
-        print(f"{level:14s} terms/doc {terms:7.1f}  mean nDCG@10 {mean:.3f}  most common "
-              f"pivot term {common!r} in {share:.1%} of documents")
-    return table
+                        "most_common_pivot_term": common, "its_document_share": share}
+        print(f"{level:14s} terms/doc {terms:7.1f}  mean nDCG@10 {scores['ndcg@10']:.3f}  "
+              f"most common pivot term {common!r} in {share:.1%} of documents")
+    documents = recommended_document_pruning(model)
+    indexed = [documents.apply(v) for v in doc_vectors]
+    queries = {}
+    for level in QUERY_LEVELS:
+        pruned = [Pruning.parse(level).apply(v) for v in query_vectors]
+        terms = float(np.mean([len(v.pivot) + len(v.echo) for v in pruned]))
+        queries[level] = {**ndcg(pruned, indexed), "terms_per_query": terms,
+                          "documents": str(documents)}
+        print(f"query {level:8s} terms/query {terms:6.1f}  mean nDCG@10 "
+              f"{queries[level]['ndcg@10']:.3f} (documents {documents})")
+    return table, queries
 
 
 def plot_effectiveness(table: dict[str, dict[str, float]], out: Path) -> None:
@@ -121,10 +139,10 @@ def main() -> None:
     parser.add_argument("--set", dest="held_out", choices=sorted(SETS), default="ntrex",
                         help="held-out lines (ntrex) or paragraphs of 3 lines (paragraphs)")
     args = parser.parse_args()
-    table = effectiveness(args.model, args.langs.split(","), args.held_out)
+    table, queries = effectiveness(args.model, args.langs.split(","), args.held_out)
     record = {"benchmark": "pruning_curve", "model": args.model, "set": args.held_out,
               "command": " ".join(["python", "bench/pruning_curve.py", *sys.argv[1:]]),
-              "levels": table}
+              "levels": table, "queries": queries}
     name = "pruning_curve" if args.held_out == "ntrex" else f"pruning_curve_{args.held_out}"
     (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=1))
     plot_effectiveness(table, RESULTS / f"{name}.png")

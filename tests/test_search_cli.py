@@ -166,7 +166,7 @@ def test_dsl_prints_a_pasteable_body() -> None:
     assert len(tuned["query"]["bool"]["should"]) == 2  # economy: >= 0.9 x 1.7
     assert tuned["rescore"]["window_size"] == 21  # ceil(7 x 3)
     rate = json.loads(run(*two_phase, "--prune-ratio", "0.9", "a dog economy"))
-    assert rate["rescore"]["window_size"] == 70  # the default expansion rate, 10
+    assert rate["rescore"]["window_size"] == 140  # the default expansion rate, 20
     default = json.loads(run(*two_phase, "a dog economy"))
     assert len(default["query"]["bool"]["should"]) == 6 and "rescore" not in default
     missing = CliRunner().invoke(main, ["dsl", "dog"])
