@@ -10,6 +10,9 @@ All in one run, on the same index:
   the rest added by rescoring the best ``k x expansion_rate``) over a sweep of
   ``prune_ratio`` x ``expansion_rate``; recall@10 is the overlap with the full
   query's top 10. The fastest setting with recall@10 >= 0.99 is reported.
+- **query pruning** vs the full query: the full query of each vector pruned to its
+  heaviest terms per view (``--query-prune``), latency and recall@10 against the
+  unpruned query's top 10.
 - **end to end**: per query text, encoding (milco-os's thread policy) plus the
   search, timed together, full and two-phase; baseline: BM25 (``match`` on ``text``)
   on the same index, also timed from the text.
@@ -37,6 +40,7 @@ from milco_os.models.registry import resolve_model
 K = 10
 TWO_PHASE = [(ratio, rate) for ratio in (0.4, 0.3, 0.2, 0.1) for rate in (5.0, 10.0, 20.0)]
 DOC_PRUNES = ("none", "mass:0.5", "topk:64", "topk:32")
+QUERY_PRUNES = ("topk:32", "topk:16")
 TARGET_RECALL = 0.99
 
 
@@ -86,6 +90,25 @@ def two_phase_figures(engine, index: str, queries: list) -> dict:
         out["sweep"], key=lambda n: out["sweep"][n]["recall_at_10"])
     out["target_reached"] = bool(reaching)
     out["speedup_p50"] = out["full"]["p50_ms"] / out["sweep"][out["best"]]["p50_ms"]
+    out["query_pruning"] = query_pruning_figures(engine, index, queries, truth)
+    return out
+
+
+def query_pruning_figures(engine, index: str, queries: list, truth: list) -> dict:
+    """The full query of each vector pruned at :data:`QUERY_PRUNES`: latency, terms sent
+    and recall@10 against the unpruned query's top 10 (``truth``)."""
+    from milco_os.engines.query import SparseQuery
+    from milco_os.vectors.pruning import Pruning
+
+    out = {}
+    for level in QUERY_PRUNES:
+        pruned = [Pruning.parse(level).apply(v) for v in queries]
+        sparse = [SparseQuery(v) for v in pruned]
+        found, ms = measure([lambda q=q: engine.search(index, q, K) for q in sparse])
+        out[level] = {**latency_stats(ms),
+                      "recall_at_10": recall([[h.id for h in hs] for hs in found], truth),
+                      "terms_per_query": float(np.mean([len(v.pivot) + len(v.echo)
+                                                        for v in pruned]))}
     return out
 
 

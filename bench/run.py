@@ -296,6 +296,12 @@ def opensearch_rows(result: dict, sizes: bool = True) -> list[list[str]]:
              f"({tp['best']})",
              f"full query {tp['full']['p50_ms']:.1f} / {tp['full']['p95_ms']:.1f}",
              f"{tp['speedup_p50']:.2f}x faster", ">= 3x at recall >= 0.99"]]
+    for level, pruned in tp.get("query_pruning", {}).items():
+        rows.append([f"query pruning {level} on OpenSearch, {n:,} passages: p50 / p95 ms, "
+                     "recall@10", f"{pruned['p50_ms']:.1f} / {pruned['p95_ms']:.1f}, "
+                     f"{pruned['recall_at_10']:.3f} ({pruned['terms_per_query']:.0f} terms)",
+                     f"full query {tp['full']['p50_ms']:.1f} / {tp['full']['p95_ms']:.1f}",
+                     f"{tp['full']['p50_ms'] / pruned['p50_ms']:.2f}x faster", "-"])
     for name in ("full", "two-phase"):
         rows.append([f"end to end (encode + search, {name}), OpenSearch {n:,}: p50 / p95 ms",
                      f"{e2e[name]['p50_ms']:.1f} / {e2e[name]['p95_ms']:.1f}",
