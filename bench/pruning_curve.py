@@ -34,7 +34,7 @@ import eval_xling  # noqa: E402
 
 from milco_os.encoders import SparseEncoder  # noqa: E402
 from milco_os.evaluation import evaluate, exact_run, exact_scores  # noqa: E402
-from milco_os.vectors.pruning import Pruning, recommended_document_pruning  # noqa: E402
+from milco_os.vectors.pruning import Pruning, recommended_pruning  # noqa: E402
 
 LEVELS = ["none", "mass:0.3", "mass:0.5", "mass:0.7", "mass:0.85", "mass:0.95",
           "topk:128", "topk:64", "topk:48", "topk:32", "topk:16",
@@ -82,7 +82,7 @@ def effectiveness(model: str, langs: list[str], held_out: str = "ntrex"
                         "most_common_pivot_term": common, "its_document_share": share}
         print(f"{level:14s} terms/doc {terms:7.1f}  mean nDCG@10 {scores['ndcg@10']:.3f}  "
               f"most common pivot term {common!r} in {share:.1%} of documents")
-    documents = recommended_document_pruning(model)
+    documents = recommended_pruning(model)
     indexed = [documents.apply(v) for v in doc_vectors]
     queries = {}
     for level in QUERY_LEVELS:

@@ -85,3 +85,17 @@ def test_term_stats_counts_kept_terms():
     assert stats["pivot_mean"] == 20 and stats["echo_mean"] == 2 and stats["total_mean"] == 22
     assert 20 < stats["pivot_p95"] <= 30
     assert term_stats([])["pivot_mean"] == 0.0
+
+
+def test_search_prunes_queries_as_the_model_is_best_searched_unless_told():
+    from milco_os.cli.search import with_model_pruning
+    from milco_os.pipeline.search import SearchOptions
+
+    weights = {f"t{i}": 1.0 + i / 100 for i in range(50)}
+    vector = SparseVector.from_dict({"pivot": weights, "echo": weights})
+    recommended = with_model_pruning(SearchOptions(), "milco-small").query(vector)
+    assert len(recommended.vector.pivot) == len(recommended.vector.echo) == 32
+    assert set(recommended.vector.pivot.terms) == {f"t{i}" for i in range(18, 50)}  # heaviest
+    told = with_model_pruning(SearchOptions(prune=Pruning.parse("none").apply), "milco-small")
+    assert len(told.query(vector).vector.pivot) == 50  # --query-prune none is kept
+    assert len(with_model_pruning(SearchOptions(), "my-model").query(vector).vector.pivot) == 50

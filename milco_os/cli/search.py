@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
@@ -36,6 +37,24 @@ def _options(alpha: float | None, mode: str, collapse: bool, query_prune: Any | 
                          prune_ratio=prune_ratio, expansion_rate=expansion_rate, **fields)
 
 
+def with_model_pruning(options: Any, model: str) -> Any:
+    """``options`` with the query pruning ``model`` is best searched with
+    (:func:`~milco_os.vectors.pruning.recommended_pruning`) when --query-prune was not given.
+
+    >>> from milco_os.pipeline.search import SearchOptions
+    >>> with_model_pruning(SearchOptions(), "milco-small").prune is not None
+    True
+    >>> with_model_pruning(SearchOptions(), "my-model").prune is None
+    True
+    """
+    from milco_os.vectors.pruning import recommended_pruning
+
+    rule = recommended_pruning(model, "query")
+    if options.prune is not None or rule.method == "none":
+        return options
+    return dataclasses.replace(options, prune=rule.apply)
+
+
 def _query_batches(texts: tuple[str, ...]) -> Iterator[list[str]]:
     """The arguments as one batch, or standard input one line at a time as lines arrive
     (a pipe is answered query by query, not at its end)."""
@@ -64,8 +83,9 @@ _query_options = [
     click.option("--expansion-rate", type=click.FloatRange(min=1.0),
                  default=TWO_PHASE_EXPANSION_RATE, show_default=True,
                  help="two-phase: the best k x this hits are rescored with every term."),
-    click.option("--query-prune", type=PRUNE, help="Prune query vectors: none | mass:P | topk:K | "
-                                       "threshold:T."),
+    click.option("--query-prune", type=PRUNE,
+                 help="Prune query vectors: none | mass:P | topk:K | threshold:T [default: what "
+                      "the model is best searched with: topk:32 for milco-small, else none]."),
     click.option("--collapse/--no-collapse", default=True, show_default=True,
                  help="One hit per document (its best passage)."),
     click.option("--bm25-field", "bm25_fields", multiple=True,
@@ -126,8 +146,9 @@ def search(texts: tuple[str, ...], index_name: str, model: str | None, k: int,
     """
     from milco_os.pipeline.search import Searcher
 
-    encoder = load_encoder(index_model(engine, index_name, model, force), device, backend)
-    searcher = Searcher(engine, index_name, encoder, options)
+    model = index_model(engine, index_name, model, force)
+    encoder = load_encoder(model, device, backend)
+    searcher = Searcher(engine, index_name, encoder, with_model_pruning(options, model))
     for queries in _query_batches(texts):
         for text, vector in zip(queries, searcher.encode(queries), strict=True):
             hits = searcher.search_vector(vector, text, k)
@@ -182,10 +203,10 @@ def dsl(text: str, model: str | None, index_name: str | None, k: int, options: A
     if not text.strip():
         raise InputError("empty query: give a TEXT with at least one word")
     engine = open_engine(settings, settings.engine) if index_name else None
-    encoder = load_encoder(index_model(engine, index_name, model) if engine else model, device,
-                           backend)
+    model = index_model(engine, index_name, model) if engine else model
+    encoder = load_encoder(model, device, backend)
     [vector] = encoder.encode([text], kind="query")
-    query = options.query(vector, text)
+    query = with_model_pruning(options, model).query(vector, text)
     body = (engine.search_body(query, k) if engine and engine.flavour
             else build_search_body(query, k, flavour=settings.engine if settings.engine
                                    in ("opensearch", "elasticsearch") else "opensearch"))

@@ -41,7 +41,7 @@ import yaml
 from milco_os.core.errors import InputError
 from milco_os.models.locations import DEFAULT_MODEL
 from milco_os.text.corpus import FieldMap
-from milco_os.vectors.pruning import Pruning, recommended_document_pruning
+from milco_os.vectors.pruning import Pruning, recommended_pruning
 from milco_os.vectors.sparse import VIEWS
 
 SPEC_DIRS = (Path("ingest"), Path(__file__).resolve().parents[2] / "ingest")
@@ -244,9 +244,9 @@ class IngestSpec:
     @functools.cached_property
     def pruning(self) -> Pruning:
         """The document pruning applied: ``prune``, else what the model is best indexed
-        with (:func:`~milco_os.vectors.pruning.recommended_document_pruning`: ``topk:32`` for
+        with (:func:`~milco_os.vectors.pruning.recommended_pruning`: ``topk:32`` for
         milco-small, ``none`` for other models)."""
-        return self.prune if self.prune is not None else recommended_document_pruning(self.model)
+        return self.prune if self.prune is not None else recommended_pruning(self.model)
 
     def describe(self) -> dict[str, Any]:
         """What the index's ``_meta`` records about how it was built."""

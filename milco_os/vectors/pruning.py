@@ -109,21 +109,28 @@ class Pruning:
         return f"{self.method}:{value}"
 
 
-# Document pruning measured best for a model (bench/pruning_curve.py, held-out NTREX-128
-# paragraphs and lines): milco-small with its 32 heaviest terms per view scores nDCG@10
+# Pruning measured best for a model (bench/pruning_curve.py, held-out NTREX-128 paragraphs
+# and lines). Documents: milco-small with its 32 heaviest terms per view scores nDCG@10
 # .933 on paragraphs (.932 unpruned, 61 terms per document against 761; topk:64 .936
 # with 1.6x the terms) and .848 on lines, the best there (.846 unpruned); topk:16 costs
-# .023 on paragraphs, which are what users index. Other models: none.
-RECOMMENDED_DOCUMENT_PRUNING = {DEFAULT_MODEL: "topk:32"}
+# .023 on paragraphs, which are what users index. Queries, against those documents:
+# topk:32 scores .934 and .847 (unpruned .933 and .848) with a third to a sixth of the
+# terms, and on 1M passages in OpenSearch (bench/bench_opensearch.py) cuts the full
+# query's p50 1.35x and its p95 from 207 to 44 ms; topk:16 costs .012 on lines.
+# Other models: none.
+RECOMMENDED_PRUNING = {DEFAULT_MODEL: {"document": "topk:32", "query": "topk:32"}}
 
 
-def recommended_document_pruning(model: str | None) -> Pruning:
-    """The document pruning ``model`` (a name) is best indexed with; ``none`` if unknown.
+def recommended_pruning(model: str | None, kind: str = "document") -> Pruning:
+    """The pruning of ``kind`` texts (``document`` or ``query``) ``model`` (a name) is best
+    used with; ``none`` if unknown.
 
-    >>> str(recommended_document_pruning("milco-small")), str(recommended_document_pruning("x"))
-    ('topk:32', 'none')
+    >>> str(recommended_pruning("milco-small")), str(recommended_pruning("milco-small", "query"))
+    ('topk:32', 'topk:32')
+    >>> str(recommended_pruning("x", "query"))
+    'none'
     """
-    return Pruning.parse(RECOMMENDED_DOCUMENT_PRUNING.get(str(model), "none"))
+    return Pruning.parse(RECOMMENDED_PRUNING.get(str(model), {}).get(kind, "none"))
 
 
 def term_stats(vectors: Iterable[SparseVector]) -> dict[str, float]:
