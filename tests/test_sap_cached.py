@@ -41,6 +41,10 @@ def shares(model: MilcoModel, cache: RandomStates, rows: list[int]) -> torch.Ten
     return (pooled > 0).float().mean(dim=0)
 
 
+def saying_nothing(rows: list[int]) -> dict[int, torch.Tensor]:
+    return {r: torch.zeros(0, dtype=torch.int32) for r in rows}
+
+
 def test_the_cap_leaves_no_term_in_more_than_its_share_and_spares_the_rest(tmp_path):
     model = MilcoModel.from_pretrained(make_tiny(tmp_path / "tiny")).eval()
     cache = RandomStates(200, model.config.m_encoder_config["hidden_size"])
@@ -49,7 +53,8 @@ def test_the_cap_leaves_no_term_in_more_than_its_share_and_spares_the_rest(tmp_p
     bias = model.mlm_head.predictions.decoder.bias.detach().clone()
     assert (before > 0.2).sum() > 10  # a random head puts many terms in most texts
 
-    capped = sap_cached.cap_document_frequency(model, cache, rows, cap=0.2, batch=16)
+    capped = sap_cached.cap_document_frequency(model, cache, [rows], saying_nothing(rows), cap=0.2,
+                                                batch=16)
 
     after = shares(model, cache, rows)
     assert after.max() <= 0.2 + 1 / len(rows)  # the quantile may keep one tie
@@ -57,6 +62,51 @@ def test_the_cap_leaves_no_term_in_more_than_its_share_and_spares_the_rest(tmp_p
     untouched = before <= 0.2
     assert torch.equal(model.mlm_head.predictions.decoder.bias[untouched], bias[untouched])
     assert torch.equal(after[untouched], before[untouched])
+
+
+def test_the_cap_holds_in_every_group_so_short_texts_do_not_outvote_long_ones(tmp_path):
+    # Long texts (9 states, max-pooled) hold more terms than short ones (3 states): a
+    # term may be under the cap over all texts and over it among the long ones.
+    model = MilcoModel.from_pretrained(make_tiny(tmp_path / "tiny")).eval()
+    cache = RandomStates(700, model.config.m_encoder_config["hidden_size"])
+    short = [r for r in range(700) if len(cache.ids[r]) == 3]
+    long = [r for r in range(700) if len(cache.ids[r]) == 9][:20]
+    overall, among_long = shares(model, cache, short + long), shares(model, cache, long)
+    only_long = ((among_long > 0.2) & (overall <= 0.2)).nonzero().squeeze(-1).tolist()
+    assert only_long  # what one pool of all texts would leave uncapped
+
+    capped = sap_cached.cap_document_frequency(model, cache, [short, long],
+                                                saying_nothing(short + long), cap=0.2, batch=16)
+
+    assert set(only_long) <= set(capped)
+    for group in (short, long):
+        assert shares(model, cache, group).max() <= 0.2 + 1 / len(group)
+
+
+def test_the_cap_does_not_count_the_texts_that_say_the_term(tmp_path):
+    model = MilcoModel.from_pretrained(make_tiny(tmp_path / "tiny")).eval()
+    cache = RandomStates(200, model.config.m_encoder_config["hidden_size"])
+    rows = list(range(200))
+    before = shares(model, cache, rows)
+    said, unsaid = before.argmax().item(), (before > 0.2).nonzero()[-1].item()
+    assert said != unsaid
+    words = {r: torch.tensor([said] if r % 4 else [said, unsaid], dtype=torch.int32)
+             for r in rows}  # every text says `said`; a quarter say `unsaid`
+    bias = model.mlm_head.predictions.decoder.bias.detach().clone()
+
+    capped = sap_cached.cap_document_frequency(model, cache, [rows], words, cap=0.2, batch=16)
+
+    assert said not in capped  # common because every text says it: left alone
+    assert model.mlm_head.predictions.decoder.bias[said] == bias[said]
+    # `unsaid` is capped among the texts that do not say it, and only those count.
+    silent = [r for r in rows if r % 4]
+    after = shares(model, cache, silent)[unsaid].item()
+    assert after * len(silent) <= 0.2 * len(rows) + 1
+    counting_all = MilcoModel.from_pretrained(tmp_path / "tiny").eval()
+    sap_cached.cap_document_frequency(counting_all, cache, [rows], saying_nothing(rows),
+                                      cap=0.2, batch=16)
+    lowered = model.mlm_head.predictions.decoder.bias[unsaid]
+    assert lowered > counting_all.mlm_head.predictions.decoder.bias[unsaid]  # less lowered
 
 
 def tiny_prepared(folder) -> sap_cached.Prepared:
@@ -72,7 +122,10 @@ def tiny_prepared(folder) -> sap_cached.Prepared:
     teacher = torch.where(english > 0.9, english, torch.zeros(())).to_sparse()
     pairs = torch.tensor([[i, 20 + i, i] for i in range(20)])
     return sap_cached.Prepared(model=model, ids=ids, pad_id=1, pairs=pairs, teacher=teacher,
-                               cap_rows=list(range(20, 40)), ignored=torch.tensor([0, 2, 3]),
+                               cap_groups=[list(range(20, 30)), list(range(30, 40))],
+                               cap_words={r: torch.tensor([r, 7], dtype=torch.int32)
+                                          for r in range(20, 40)},
+                               ignored=torch.tensor([0, 2, 3]),
                                english_pieces=[f"t{i}" for i in range(model.config.en_vocab_size)])
 
 
@@ -94,7 +147,8 @@ def test_a_pack_keeps_the_math_and_its_trained_parts_go_back_into_the_full_model
     assert torch.allclose(pivot(packed.model, packed.ids, packed.pad_id),
                           pivot(prepared.model, prepared.ids, 1), atol=0.05)
     assert torch.allclose(packed.teacher.to_dense(), prepared.teacher.to_dense(), atol=2e-3)
-    assert torch.equal(packed.pairs, prepared.pairs) and packed.cap_rows == prepared.cap_rows
+    assert torch.equal(packed.pairs, prepared.pairs) and packed.cap_groups == prepared.cap_groups
+    assert all(torch.equal(packed.cap_words[r], w) for r, w in prepared.cap_words.items())
     ignored_before = [[i in (0, 2, 3) for i in ids] for ids in prepared.ids]
     ignored_after = [[i in packed.ignored.tolist() for i in ids] for ids in packed.ids]
     assert ignored_before == ignored_after

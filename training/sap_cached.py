@@ -20,12 +20,14 @@ Stages, each on encoder states computed once (the encoder is frozen):
    ``--token-weight`` adds per-token distillation on aligned words (each position learns
    the teacher's logits at the English word it stands for, :func:`token_targets`);
 2. document-frequency cap: an English term the pivot puts in more than ``--df-cap`` of
-   the English training sentences has its decoder bias lowered until only that share
-   holds it (splade-tiny spreads ``you``, ``brothers``, ``murder`` over a third of all
-   texts, whatever they say). The share is counted on the running-text sources
-   (Tatoeba, NTREX, rows), not on interface strings, names or dictionary words, which
-   are not what users index. Like IDF, a term in most documents says little, and the
-   model keeps the released layout and math (the cap is a bias);
+   the English training texts that do not say it has its decoder bias lowered until only
+   that share does (splade-tiny spreads ``cancel``, ``murder``, ``lee`` over a third of
+   all news lines, whatever they say). The share is counted per source of running text
+   (Tatoeba, NTREX, rows), so many short sentences do not outvote the fewer long lines,
+   and not on interface strings, names or dictionary words, which are not what users
+   index; a text that says the term is not counted, so words common because texts say
+   them ("who", "was") keep their weight. Like IDF, a term in most documents says
+   little, and the model keeps the released layout and math (the cap is a bias);
 3. echo: the LexEcho head learns which source tokens to echo, with InfoNCE over the
    batch (each non-English text must find its English translation), the pivot view
    frozen; positions of special tokens and punctuation-only pieces echo nothing
@@ -56,9 +58,10 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -440,24 +443,45 @@ def round_to_half(layers: list[torch.nn.Module]) -> None:
             parameter.copy_(parameter.half().float())
 
 
-def cap_document_frequency(model: MilcoModel, cache: StateCache, rows: list[int],
-                           cap: float, batch: int = 64) -> dict[int, float]:
-    """Lower the decoder bias of each term that more than ``cap`` of the texts ``rows``
-    hold, by the ``1 - cap`` quantile of its raw pooled logit, so that at most ``cap`` of
-    them still hold it; returns the share each lowered term had."""
-    rows = sorted(rows, key=lambda r: len(cache.ids[r]))  # batches of similar length
-    batches = [rows[start:start + batch] for start in range(0, len(rows), batch)]
+def cap_document_frequency(model: MilcoModel, cache: StateCache, groups: list[list[int]],
+                           words: dict[int, torch.Tensor], cap: float, batch: int = 64
+                           ) -> dict[int, float]:
+    """Lower the decoder bias of each term that more than ``cap`` of the texts of any group
+    (rows of ``cache``) hold without saying it (``words``: the English pieces of each row's
+    text), so that at most ``cap`` of every group still does; returns the largest share
+    each lowered term had. A text that says the term is not counted, so the cap falls on
+    terms spread over texts about something else ("murder" over a third of all news
+    lines) and spares words that are common because texts say them. Groups apart,
+    because a source of many short sentences would otherwise outvote one of long
+    passages."""
+    groups = [rows for rows in groups if rows]
     bias = model.mlm_head.predictions.decoder.bias
     with torch.no_grad():
-        def pooled(part: list[int]) -> torch.Tensor:
-            return model.pivot_from_states(*cache.batch(part)[:2])
+        shares = torch.stack([sum((logits > 0).sum(dim=0) for logits in
+                                  _pooled_logits(model, cache, rows, batch, words)) / len(rows)
+                              for rows in groups])
+        hubs = (shares > cap).any(dim=0).nonzero().squeeze(-1)
+        if len(hubs):  # lowered by the k-th highest logit, k = the cap's share of a group
+            lowered = torch.stack([
+                torch.cat([logits[:, hubs] for logits in
+                           _pooled_logits(model, cache, rows, batch, words)]
+                          ).topk(max(1, int(cap * len(rows))), dim=0).values[-1]
+                for rows in groups])
+            bias[hubs] -= lowered.max(dim=0).values.clamp(min=0)
+    return {int(t): float(shares[:, t].max()) for t in hubs}
 
-        holding = sum((pooled(part) > 0).sum(dim=0) for part in batches)
-        hubs = (holding > cap * len(rows)).nonzero().squeeze(-1)
-        if len(hubs):
-            logits = torch.cat([pooled(part)[:, hubs] for part in batches])
-            bias[hubs] -= torch.quantile(logits, 1 - cap, dim=0).clamp(min=0)
-    return {int(t): float(holding[t]) / len(rows) for t in hubs}
+
+def _pooled_logits(model: MilcoModel, cache: StateCache, rows: list[int], batch: int,
+                   words: dict[int, torch.Tensor]) -> Iterator[torch.Tensor]:
+    """Raw max-pooled pivot logits of ``rows``, batch by batch (of similar lengths), each
+    text's own pieces (``words``) masked out, as if the text did not hold them."""
+    rows = sorted(rows, key=lambda r: len(cache.ids[r]))
+    for start in range(0, len(rows), batch):
+        part = rows[start:start + batch]
+        logits = model.pivot_from_states(*cache.batch(part)[:2])
+        for row, r in enumerate(part):
+            logits[row, words[r].long()] = -math.inf
+        yield logits
 
 
 def train_echo(model: MilcoModel, cache: StateCache, pairs: torch.Tensor,
@@ -483,15 +507,17 @@ def train_echo(model: MilcoModel, cache: StateCache, pairs: torch.Tensor,
 class Prepared:
     """What training reads: the model, every text's token ids, the pairs (non-English
     text, English text, teacher row), the teacher's vectors of the English texts, the
-    English texts the cap is set on, the source pieces that echo nothing, the English
-    pieces (to name terms), and what per-token distillation reads."""
+    English texts the cap is set on (per source of running text) with the English pieces
+    each of them says, the source pieces that echo nothing, the English pieces (to name
+    terms), and what per-token distillation reads."""
 
     model: MilcoModel
     ids: list[list[int]]
     pad_id: int
     pairs: torch.Tensor
     teacher: torch.Tensor
-    cap_rows: list[int]
+    cap_groups: list[list[int]]
+    cap_words: dict[int, torch.Tensor]
     ignored: torch.Tensor
     english_pieces: list[str]
     tokens: TokenData | None = None
@@ -533,12 +559,16 @@ def prepare(config: dict, args: argparse.Namespace) -> Prepared:
     encoded = m_tokenizer(texts, truncation=True, max_length=args.max_length,
                           return_offsets_mapping=True)
     ignored = torch.tensor(model.config.echo_ignored_ids)
+    cap_groups = [[index[t] for t in group] for group in running_text(config["data"]["parallel"])]
+    cap_rows = sorted({r for group in cap_groups for r in group})
     return Prepared(
         model=model, ids=encoded["input_ids"],
         pad_id=m_tokenizer.pad_token_id, pairs=pairs,
         teacher=teacher_vectors(str(model.tokenizer_dirs["en"]), english, blocked,
                                 args.max_length),
-        cap_rows=[index[t] for t in running_text(config["data"]["parallel"])],
+        cap_groups=cap_groups,
+        cap_words=dict(zip(cap_rows, said_pieces(en_tokenizer, [texts[r] for r in cap_rows],
+                                                 args.max_length), strict=True)),
         ignored=ignored,
         english_pieces=en_tokenizer.convert_ids_to_tokens(list(range(len(en_tokenizer)))),
         # only where read: a pack may train with it elsewhere, a run here only if asked
@@ -572,25 +602,35 @@ def token_data(teacher_dir: str, english: list[str], encoded: list, ignored: tor
 RUNNING_TEXT = ("tatoeba", "ntrex", "rows")  # sentences and passages, not labels or words
 
 
-def running_text(specs: list[dict]) -> list[str]:
-    """The English texts of the sources of running text (the cap is set on them: the
+def running_text(specs: list[dict]) -> list[list[str]]:
+    """The English texts of each source of running text (the cap is set on them: the
     labels and words of interface strings, CLDR names and dictionaries index nothing)."""
-    rows, _ = load_parallel_sources([spec for spec in specs
-                                     if spec.get("kind", "rows") in RUNNING_TEXT])
-    return sorted({row["english"] for row in rows})
+    return [sorted({row["english"] for row in load_parallel_sources([spec])[0]})
+            for spec in specs if spec.get("kind", "rows") in RUNNING_TEXT]
+
+
+def said_pieces(tokenizer: Any, texts: list[str], max_length: int) -> list[torch.Tensor]:
+    """The distinct English pieces of each text (what the cap does not count)."""
+    ids = tokenizer(texts, add_special_tokens=False, truncation=True,
+                    max_length=max_length)["input_ids"]
+    return [torch.tensor(sorted(set(pieces)), dtype=torch.int32) for pieces in ids]
 
 
 def recap(model: MilcoModel, config: dict, args: argparse.Namespace) -> None:
     """The document-frequency cap of ``model`` set again on the config's running text."""
     from transformers import AutoTokenizer
 
-    texts = running_text(config["data"]["parallel"])
+    groups = running_text(config["data"]["parallel"])
+    texts = sorted({text for group in groups for text in group})
+    index = {text: row for row, text in enumerate(texts)}
     tokenizer = AutoTokenizer.from_pretrained(model.tokenizer_dirs["m"])
     ids = tokenizer(texts, truncation=True, max_length=args.max_length)["input_ids"]
     cache = StateCache(model, ids, tokenizer.pad_token_id, torch.device(args.device))
-    report_cap(cap_document_frequency(model, cache, list(range(len(texts))), args.df_cap),
-               AutoTokenizer.from_pretrained(model.tokenizer_dirs["en"]).convert_ids_to_tokens,
-               args.df_cap)
+    english = AutoTokenizer.from_pretrained(model.tokenizer_dirs["en"])
+    words = dict(enumerate(said_pieces(english, texts, args.max_length)))
+    capped = cap_document_frequency(model, cache, [[index[t] for t in group] for group in groups],
+                                    words, args.df_cap)
+    report_cap(capped, english.convert_ids_to_tokens, args.df_cap)
 
 
 def report_cap(capped: dict[int, float], piece: Callable[[int], str], cap: float) -> None:
@@ -633,7 +673,8 @@ def save_pack(prepared: Prepared, folder: Path) -> None:
                 "teacher": (torch.bincount(rows, minlength=teacher.shape[0]).int(),
                             columns.short() if teacher.shape[1] <= 2**15 else columns.int(),
                             teacher.values().half(), tuple(teacher.shape)),
-                "cap_rows": prepared.cap_rows, "english_pieces": prepared.english_pieces},
+                "cap_groups": prepared.cap_groups, "cap_words": prepared.cap_words,
+                "english_pieces": prepared.english_pieces},
                folder / PACK_REST)
     if prepared.tokens:  # a file of its own: a machine call carries at most 64 MiB
         torch.save(prepared.tokens.to_pack(), folder / PACK_TOKENS)
@@ -660,7 +701,8 @@ def load_pack(folder: Path) -> Prepared:
     return Prepared(model=model.eval(),
                     ids=[ids[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)],
                     pad_id=pack["pad_id"], pairs=pack["pairs"], teacher=teacher,
-                    cap_rows=pack["cap_rows"], ignored=torch.tensor(model.config.echo_ignored_ids),
+                    cap_groups=pack["cap_groups"], cap_words=pack["cap_words"],
+                    ignored=torch.tensor(model.config.echo_ignored_ids),
                     english_pieces=pack["english_pieces"],
                     tokens=TokenData.from_pack(torch.load(folder / PACK_TOKENS))
                     if (folder / PACK_TOKENS).is_file() else None)
@@ -782,8 +824,9 @@ def train(prepared: Prepared, args: argparse.Namespace) -> None:
     round_to_half(cache.top)
     if args.df_cap:
         held = set(dev[:, 1].tolist())
-        capped = cap_document_frequency(model, cache, [r for r in prepared.cap_rows
-                                                       if r not in held], args.df_cap)
+        capped = cap_document_frequency(
+            model, cache, [[r for r in group if r not in held] for group in prepared.cap_groups],
+            prepared.cap_words, args.df_cap)
         report_cap(capped, prepared.english_pieces.__getitem__, args.df_cap)
     if args.dev:  # how well it fits pairs it trained on, and pairs it did not
         seen = pairs[torch.randperm(len(pairs), generator=torch.Generator().manual_seed(0))]
