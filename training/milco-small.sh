@@ -66,7 +66,8 @@ if [ "${1:-all}" != eval ]; then
       --layers 6 --init "$first" --freeze-decoder --token-weight 1 --flops 0.1 --steps 900 \
       --batch-size 64 --lr 2e-3 --echo-steps 300 --dev 1000 --device "${DEVICE:-cpu}" \
       --out "$second"
-  # the document-frequency cap set again at 0.1 (the junk terms the second leg spread)
+  # the document-frequency cap set again at 0.1, per source of running text and not counting
+  # texts that say the term (lowers the junk terms the second leg spread, keeps "who", "was")
   nice -n 10 $py training/sap_cached.py --config training/configs/milco-small-lexical.yaml \
       --layers 6 --parts "$second" --df-cap 0.1 --out "$model"
 fi
