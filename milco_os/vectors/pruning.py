@@ -111,12 +111,13 @@ class Pruning:
 
 # Pruning measured best for a model (bench/pruning_curve.py, held-out NTREX-128 paragraphs
 # and lines). Documents: milco-small with its 32 heaviest terms per view scores nDCG@10
-# .933 on paragraphs (.932 unpruned, 61 terms per document against 761; topk:64 .936
-# with 1.6x the terms) and .848 on lines, the best there (.846 unpruned); topk:16 costs
+# .936 on paragraphs (.935 unpruned, 61 terms per document against 739; topk:64 .937
+# with 1.6x the terms) and .849 on lines (.848 unpruned, topk:48 .850); topk:16 costs
 # .023 on paragraphs, which are what users index. Queries, against those documents:
-# topk:32 scores .934 and .847 (unpruned .933 and .848) with a third to a sixth of the
-# terms, and on 1M passages in OpenSearch (bench/bench_opensearch.py) cuts the full
-# query's p50 1.35x and its p95 from 207 to 44 ms; topk:16 costs .012 on lines.
+# topk:32 scores .930 and .847 (unpruned .936 and .849; whole paragraphs as queries)
+# with a third to a sixth of the terms, and on 1M passages in OpenSearch
+# (bench/bench_opensearch.py) cuts the full query's p50 1.35x and its p95 from 207 to
+# 44 ms; topk:16 costs .012 on lines.
 # Other models: none.
 RECOMMENDED_PRUNING = {DEFAULT_MODEL: {"document": "topk:32", "query": "topk:32"}}
 
