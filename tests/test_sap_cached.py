@@ -3,6 +3,7 @@ cap's share of the texts, and terms under the cap keep their bias."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -309,3 +310,17 @@ def test_init_from_a_milco_folder_takes_its_heads(tmp_path):
     sap_cached.load_trained_parts(model, tmp_path / "a")
     for key, value in sap_cached.trained_parts(source).items():
         assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_the_cap_is_set_on_each_language_of_running_text_with_what_its_translation_says(tmp_path):
+    rows = tmp_path / "pairs.jsonl"
+    rows.write_text("".join(json.dumps({"english": e, "non_english": o}) + "\n" for e, o in
+                            [("a cat", "eine Katze"), ("a dog", "ein Hund")]))
+    specs = [{"kind": "rows", "path": str(rows)}, {"kind": "cldr", "languages": ["de"]}]
+
+    groups = sap_cached.running_text(specs)
+
+    # English texts say themselves; the others say what their English side says; the
+    # CLDR names are labels that no user indexes as running text.
+    assert groups == [{"a cat": "a cat", "a dog": "a dog"},
+                      {"eine Katze": "a cat", "ein Hund": "a dog"}]

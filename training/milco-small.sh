@@ -66,8 +66,9 @@ if [ "${1:-all}" != eval ]; then
       --layers 6 --init "$first" --freeze-decoder --token-weight 1 --flops 0.1 --steps 900 \
       --batch-size 64 --lr 2e-3 --echo-steps 300 --dev 1000 --device "${DEVICE:-cpu}" \
       --out "$second"
-  # the document-frequency cap set again at 0.1, per source of running text and not counting
-  # texts that say the term (lowers the junk terms the second leg spread, keeps "who", "was")
+  # the document-frequency cap set again at 0.1, per source of running text and language,
+  # not counting texts that say the term (lowers the junk terms the second leg spread and
+  # those one language's texts spread; keeps "said", "was"): 20 minutes on 2 CPU cores
   nice -n 10 $py training/sap_cached.py --config training/configs/milco-small-lexical.yaml \
       --layers 6 --parts "$second" --df-cap 0.1 --out "$model"
 fi

@@ -20,14 +20,17 @@ Stages, each on encoder states computed once (the encoder is frozen):
    ``--token-weight`` adds per-token distillation on aligned words (each position learns
    the teacher's logits at the English word it stands for, :func:`token_targets`);
 2. document-frequency cap: an English term the pivot puts in more than ``--df-cap`` of
-   the English training texts that do not say it has its decoder bias lowered until only
-   that share does (splade-tiny spreads ``cancel``, ``murder``, ``lee`` over a third of
-   all news lines, whatever they say). The share is counted per source of running text
-   (Tatoeba, NTREX, rows), so many short sentences do not outvote the fewer long lines,
-   and not on interface strings, names or dictionary words, which are not what users
-   index; a text that says the term is not counted, so words common because texts say
-   them ("who", "was") keep their weight. Like IDF, a term in most documents says
-   little, and the model keeps the released layout and math (the cap is a bias);
+   the training texts that do not say it has its decoder bias lowered until only that
+   share does (splade-tiny spreads ``cancel``, ``murder``, ``lee`` over a third of all
+   news lines, whatever they say; from Hindi lines the pivot spread ``dutch`` over 46%).
+   The share is counted per source of running text (Tatoeba, NTREX, rows), on its
+   English texts and on its texts of each language apart, so many short sentences do
+   not outvote the fewer long lines, and not on interface strings, names or dictionary
+   words, which are not what users index. A text that says the term (an English text
+   holding its pieces, or a text whose English translation does) is not counted, so
+   words common because texts say them ("said", "was") keep their weight. Like IDF, a
+   term in most documents says little, and the model keeps the released layout and math
+   (the cap is a bias);
 3. echo: the LexEcho head learns which source tokens to echo, with InfoNCE over the
    batch (each non-English text must find its English translation), the pivot view
    frozen; positions of special tokens and punctuation-only pieces echo nothing
@@ -559,15 +562,17 @@ def prepare(config: dict, args: argparse.Namespace) -> Prepared:
     encoded = m_tokenizer(texts, truncation=True, max_length=args.max_length,
                           return_offsets_mapping=True)
     ignored = torch.tensor(model.config.echo_ignored_ids)
-    cap_groups = [[index[t] for t in group] for group in running_text(config["data"]["parallel"])]
-    cap_rows = sorted({r for group in cap_groups for r in group})
+    cap_text = running_text(config["data"]["parallel"])
+    cap_groups = [sorted(index[t] for t in group) for group in cap_text]
+    says = {index[t]: english for group in cap_text for t, english in group.items()}
+    cap_rows = sorted(says)
     return Prepared(
         model=model, ids=encoded["input_ids"],
         pad_id=m_tokenizer.pad_token_id, pairs=pairs,
         teacher=teacher_vectors(str(model.tokenizer_dirs["en"]), english, blocked,
                                 args.max_length),
         cap_groups=cap_groups,
-        cap_words=dict(zip(cap_rows, said_pieces(en_tokenizer, [texts[r] for r in cap_rows],
+        cap_words=dict(zip(cap_rows, said_pieces(en_tokenizer, [says[r] for r in cap_rows],
                                                  args.max_length), strict=True)),
         ignored=ignored,
         english_pieces=en_tokenizer.convert_ids_to_tokens(list(range(len(en_tokenizer)))),
@@ -602,11 +607,22 @@ def token_data(teacher_dir: str, english: list[str], encoded: list, ignored: tor
 RUNNING_TEXT = ("tatoeba", "ntrex", "rows")  # sentences and passages, not labels or words
 
 
-def running_text(specs: list[dict]) -> list[list[str]]:
-    """The English texts of each source of running text (the cap is set on them: the
-    labels and words of interface strings, CLDR names and dictionaries index nothing)."""
-    return [sorted({row["english"] for row in load_parallel_sources([spec])[0]})
-            for spec in specs if spec.get("kind", "rows") in RUNNING_TEXT]
+def running_text(specs: list[dict]) -> list[dict[str, str]]:
+    """The texts the cap is set on, in groups: per source of running text, its English
+    texts, and its texts of each language; each text with the English text that says
+    what it says (itself, or its translation). The labels and words of interface
+    strings, CLDR names and dictionaries index nothing, so they are left out."""
+    groups = []
+    for spec in specs:
+        if spec.get("kind", "rows") not in RUNNING_TEXT:
+            continue
+        rows, _ = load_parallel_sources([spec])
+        groups.append({row["english"]: row["english"] for row in rows})
+        for language in spec.get("languages") or [None]:  # a rows file: its languages mixed
+            part = rows if language is None else load_parallel_sources(
+                [{**spec, "languages": [language]}])[0]
+            groups.append({row["non_english"]: row["english"] for row in part})
+    return [group for group in groups if group]
 
 
 def said_pieces(tokenizer: Any, texts: list[str], max_length: int) -> list[torch.Tensor]:
@@ -621,15 +637,16 @@ def recap(model: MilcoModel, config: dict, args: argparse.Namespace) -> None:
     from transformers import AutoTokenizer
 
     groups = running_text(config["data"]["parallel"])
-    texts = sorted({text for group in groups for text in group})
+    says = {text: english for group in groups for text, english in group.items()}
+    texts = sorted(says)
     index = {text: row for row, text in enumerate(texts)}
     tokenizer = AutoTokenizer.from_pretrained(model.tokenizer_dirs["m"])
     ids = tokenizer(texts, truncation=True, max_length=args.max_length)["input_ids"]
     cache = StateCache(model, ids, tokenizer.pad_token_id, torch.device(args.device))
     english = AutoTokenizer.from_pretrained(model.tokenizer_dirs["en"])
-    words = dict(enumerate(said_pieces(english, texts, args.max_length)))
-    capped = cap_document_frequency(model, cache, [[index[t] for t in group] for group in groups],
-                                    words, args.df_cap)
+    words = dict(enumerate(said_pieces(english, [says[t] for t in texts], args.max_length)))
+    rows = [sorted(index[t] for t in group) for group in groups]
+    capped = cap_document_frequency(model, cache, rows, words, args.df_cap)
     report_cap(capped, english.convert_ids_to_tokens, args.df_cap)
 
 
@@ -823,7 +840,7 @@ def train(prepared: Prepared, args: argparse.Namespace) -> None:
     train_alignment(model, cache, pairs, teacher, args, prepared.tokens, ignored)
     round_to_half(cache.top)
     if args.df_cap:
-        held = set(dev[:, 1].tolist())
+        held = set(dev[:, :2].flatten().tolist())  # both sides of the dev pairs
         capped = cap_document_frequency(
             model, cache, [[r for r in group if r not in held] for group in prepared.cap_groups],
             prepared.cap_words, args.df_cap)
