@@ -67,6 +67,19 @@ def test_a_current_export_loads_without_torch(tiny) -> None:
     assert done.stdout.split() == ["True", "False"], done.stderr[-2000:]
 
 
+def test_processes_loading_one_model_at_once_export_it_once(tmp_path) -> None:
+    folder = make_tiny(tmp_path / "m", seed=4)
+    load = ("import sys; from milco_os.encoders import load_encoder; "
+            f"[v] = load_encoder({str(folder)!r}, 'onnx').encode(['the city']); "
+            "print(len(v.pivot) > 0)")
+    loaders = [subprocess.Popen([sys.executable, "-c", load], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [loader.communicate(timeout=300) for loader in loaders]
+    assert [out.split() for out, _ in results] == [["True"]] * 3, [e[-1500:] for _, e in results]
+    exports = sum(err.count("exporting") for _, err in results)
+    assert exports == 1  # the others waited for it and loaded it
+
+
 def test_changed_weights_are_exported_again(tmp_path) -> None:
     folder = make_tiny(tmp_path / "m", seed=1)
     before = load_encoder(folder, "onnx").encode(TEXTS)

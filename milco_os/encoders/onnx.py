@@ -16,6 +16,7 @@ torch and the model once.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -122,9 +123,12 @@ class OnnxSparseEncoder(TextEncoder):
         folder = export_dir(model)
         manifest = _current(folder, quantized)
         if manifest is None:
-            manifest = _current(folder, False) or export(model, folder)
-            if quantized:
-                manifest = add_int8(folder, manifest)
+            with _exporting(folder):  # another process may have made it meanwhile
+                manifest = _current(folder, quantized)
+                if manifest is None:
+                    manifest = _current(folder, False) or export(model, folder)
+                    if quantized:
+                        manifest = add_int8(folder, manifest)
         encoder = _from_manifest(folder, manifest, quantized)
         if quantized:
             agreement = encoder.agreement
@@ -169,6 +173,19 @@ class OnnxSparseEncoder(TextEncoder):
         pivot = np.concatenate([o[0] for o in outputs])
         echo = np.concatenate([o[1] for o in outputs]) if len(outputs[0]) > 1 else None
         return pivot, echo
+
+
+@contextlib.contextmanager
+def _exporting(folder: Path) -> Iterator[None]:
+    """Hold ``folder``'s export lock: processes that load one model at once (the workers of
+    a server, an ingest beside a search) export it once, not over each other's files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _from_manifest(folder: Path, manifest: dict[str, Any], quantized: bool
