@@ -296,6 +296,15 @@ def opensearch_rows(result: dict, sizes: bool = True) -> list[list[str]]:
              f"({tp['best']})",
              f"full query {tp['full']['p50_ms']:.1f} / {tp['full']['p95_ms']:.1f}",
              f"{tp['speedup_p50']:.2f}x faster", ">= 3x at recall >= 0.99"]]
+    if "best_ids_only" in tp:
+        ids = tp["sweep"][tp["best_ids_only"]]
+        rows.append([f"two-phase on OpenSearch, {n:,} passages, hits as ids only: p50 / p95 "
+                     f"ms, recall@10", f"{ids['ids_only']['p50_ms']:.1f} / "
+                     f"{ids['ids_only']['p95_ms']:.1f}, {ids['recall_at_10']:.3f} "
+                     f"({tp['best_ids_only']})",
+                     f"full query {tp['full_ids_only']['p50_ms']:.1f} / "
+                     f"{tp['full_ids_only']['p95_ms']:.1f}",
+                     f"{tp['speedup_p50_ids_only']:.2f}x faster", ">= 3x at recall >= 0.99"])
     for level, pruned in tp.get("query_pruning", {}).items():
         rows.append([f"query pruning {level} on OpenSearch, {n:,} passages: p50 / p95 ms, "
                      "recall@10", f"{pruned['p50_ms']:.1f} / {pruned['p95_ms']:.1f}, "
