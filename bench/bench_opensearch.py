@@ -11,6 +11,8 @@ All in one run, on the same index:
   ``prune_ratio`` x ``expansion_rate``; recall@10 is the overlap with the full
   query's top 10. The fastest setting with recall@10 >= 0.99 is reported, timed with
   the hits' sources (as ``search`` returns them) and as ids only (the query alone).
+- **scoring** of the full query: Lucene skipping what cannot reach the top 10, against
+  scoring every matching document, and as milco-os sends it (ids only).
 - **query pruning** vs the full query: the full query of each vector pruned to its
   heaviest terms per view (``--query-prune``), latency and recall@10 against the
   unpruned query's top 10.
@@ -123,6 +125,22 @@ def query_pruning_figures(engine, index: str, queries: list, truth: list) -> dic
     return out
 
 
+def scoring_figures(engine, index: str, queries: list) -> dict:
+    """The full query (ids only) with Lucene skipping what cannot reach the top 10
+    (``track_total_hits: false``), scoring every match (``true``), and as
+    :func:`build_search_body` sends it (true above ``COMPLETE_SCORING_ABOVE`` terms)."""
+    from milco_os.engines.query import SparseQuery
+
+    sent = [{**engine.search_body(SparseQuery(v), K), "_source": False} for v in queries]
+    out = {}
+    for name, track in (("skipping", False), ("every match", True), ("as sent", None)):
+        bodies = [b if track is None else {**b, "track_total_hits": track} for b in sent]
+        out[name] = latency_stats(measure([lambda b=b: engine.raw_search(index, b)
+                                           for b in bodies])[1])
+    out["queries_scoring_every_match"] = sum(b["track_total_hits"] for b in sent)
+    return out
+
+
 def end_to_end(engine, index: str, encoder, texts: list[str], best: dict) -> dict:
     from milco_os.engines.query import SparseQuery
 
@@ -188,6 +206,7 @@ def run(model: Path, n_docs: int, n_real: int, n_queries: int, n_encode_ingest: 
         engine = open_engine(ConnectionSettings(url=url))
         pre_encoded_rate = ingest(engine, index, corpus, range(n_docs))
         two_phase = two_phase_figures(engine, index, queries)
+        scoring = scoring_figures(engine, index, queries)
         e2e = end_to_end(engine, index, encoder, query_vectors.texts,
                          two_phase["sweep"][two_phase["best"]])
         store = engine.index_info(index)["store_bytes"]
@@ -206,6 +225,7 @@ def run(model: Path, n_docs: int, n_real: int, n_queries: int, n_encode_ingest: 
                      "terms_per_query": query_vectors.terms_per_row(),
                      "ingest_with_encoding_documents": n_encode_ingest},
         "two_phase": two_phase,
+        "scoring": scoring,
         "end_to_end": e2e,
         "ingest_docs_per_s": {**rates, "corpus_pre_encoded": pre_encoded_rate},
         "bytes_per_passage": sizes,

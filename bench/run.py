@@ -311,6 +311,13 @@ def opensearch_rows(result: dict, sizes: bool = True) -> list[list[str]]:
                      f"{pruned['recall_at_10']:.3f} ({pruned['terms_per_query']:.0f} terms)",
                      f"full query {tp['full']['p50_ms']:.1f} / {tp['full']['p95_ms']:.1f}",
                      f"{tp['full']['p50_ms'] / pruned['p50_ms']:.2f}x faster", "-"])
+    if scoring := result.get("scoring"):
+        skipping = scoring["skipping"]
+        for name in ("as sent", "every match"):
+            rows.append([f"full query scored {name}, OpenSearch {n:,}, ids only: p50 / p95 "
+                         "ms", f"{scoring[name]['p50_ms']:.1f} / {scoring[name]['p95_ms']:.1f}",
+                         f"skipping {skipping['p50_ms']:.1f} / {skipping['p95_ms']:.1f}",
+                         f"p95 {skipping['p95_ms'] / scoring[name]['p95_ms']:.2f}x lower", "-"])
     for name in ("full", "two-phase"):
         rows.append([f"end to end (encode + search, {name}), OpenSearch {n:,}: p50 / p95 ms",
                      f"{e2e[name]['p50_ms']:.1f} / {e2e[name]['p95_ms']:.1f}",

@@ -258,6 +258,9 @@ def test_engine_top10_equals_exact_dot_products(engine: ClusterEngine, big_index
     exact = exact_matrix(docs, queries)
     row = {doc_id: i for i, (doc_id, _) in enumerate(docs)}
     same = total = 0
+    scored_completely = [engine.search_body(SparseQuery(q), 10)["track_total_hits"]
+                         for q in queries]
+    assert 0 < sum(scored_completely) < len(queries)  # both of Lucene's ways are checked
     for q, query in enumerate(queries):
         hits = engine.search(name, SparseQuery(query), k=10)
         expected = [docs[i][0] for i in np.argsort(-exact[q], kind="stable")[:10]]

@@ -16,6 +16,7 @@ import milco_os.engines.query
 import milco_os.pipeline.search
 from milco_os.engines.mappings import TEXT_ANALYZERS, index_body, mapping_template
 from milco_os.engines.query import (
+    COMPLETE_SCORING_ABOVE,
     NEURAL_SPARSE_MAX_WEIGHT,
     EmptyQueryWarning,
     QueryPrunedWarning,
@@ -111,6 +112,22 @@ def test_two_phase_splits_by_weight_and_rescores() -> None:
     assert "rescore" not in only_high
     with pytest.raises(ValueError, match="collapse"):
         SparseQuery(vec({"a": 1.0}), mode="two-phase", collapse=True)
+
+
+def test_long_queries_score_every_matching_document() -> None:
+    def body(n: int, **options) -> dict:
+        terms = {f"t{i}": float(n - i) for i in range(n)}
+        return build_search_body(SparseQuery(vec(terms), **options), k=10)
+
+    assert body(COMPLETE_SCORING_ABOVE)["track_total_hits"] is False
+    assert body(COMPLETE_SCORING_ABOVE + 1)["track_total_hits"] is True
+    # counted as sent: after the clause limit, and in two-phase on phase 1 only
+    assert body(COMPLETE_SCORING_ABOVE + 1, max_clauses=COMPLETE_SCORING_ABOVE
+                )["track_total_hits"] is False
+    assert body(2 * COMPLETE_SCORING_ABOVE, mode="two-phase", prune_ratio=0.6
+                )["track_total_hits"] is False
+    assert body(2 * COMPLETE_SCORING_ABOVE, mode="two-phase", prune_ratio=0.01
+                )["track_total_hits"] is True
 
 
 def test_collapse() -> None:

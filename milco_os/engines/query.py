@@ -13,7 +13,8 @@ every score halved, and other values trade the two views off.
 
 Each term is one ``rank_feature`` clause with the ``linear`` function (the
 default ``saturation`` function is not a dot product) inside ``bool.should``.
-``track_total_hits: false`` lets Lucene skip non-competitive documents.
+``track_total_hits: false`` lets Lucene skip documents that cannot reach the top k,
+for queries of up to :data:`COMPLETE_SCORING_ABOVE` terms (see there).
 
 Modes:
 
@@ -65,6 +66,16 @@ Terms = dict[str, dict[str, float]]  # view -> {escaped term: weighted query wei
 # >= 0.4 x the top one.
 TWO_PHASE_PRUNE_RATIO = 0.1
 TWO_PHASE_EXPANSION_RATE = 20.0
+
+# Lucene scores a disjunction in one of two ways. With ``track_total_hits: false`` it skips
+# the documents that cannot reach the top k (MaxScore); with it true it scores every matching
+# document in windows (BooleanScorer) and counts them. Skipping wins on short queries, but
+# with many clauses of similar maximum score it costs more than it saves: at 100,000
+# passages an unpruned milco-small query of 574 terms took 1.9 s skipping and 72 ms
+# scoring all (1M: 3.4 s and 0.6 s). Over 100 unpruned queries, scoring all above 64 terms
+# kept p50 (34.4 ms at 1M, 13.4 -> 12.3 ms at 100k) and cut p95 from 238 to 102 ms (1M) and
+# from 69 to 19 ms (100k) (bench/bench_opensearch.py, "scoring").
+COMPLETE_SCORING_ABOVE = 64
 
 
 class QueryPrunedWarning(UserWarning):
@@ -301,11 +312,12 @@ def build_search_body(
     terms = searched_terms(query, sparse_clause_limit(query, max_clause_count))
     body: dict[str, Any] = {
         "size": k,
-        "track_total_hits": False,
+        "track_total_hits": count_terms(terms) > COMPLETE_SCORING_ABOVE,
         "_source": {"excludes": HIT_SOURCE_EXCLUDES},
     }
     if query.mode == "two-phase":
         high, low = split_by_weight(terms, query.prune_ratio)
+        body["track_total_hits"] = count_terms(high) > COMPLETE_SCORING_ABOVE
         body["query"] = bool_should(sparse_clauses(high, flavour, query.mode))
         if count_terms(low):
             body["rescore"] = rescore(low, flavour, math.ceil(k * query.expansion_rate))
