@@ -61,7 +61,8 @@ Terms = dict[str, dict[str, float]]  # view -> {escaped term: weighted query wei
 
 # Two-phase defaults, from bench/bench_opensearch.py on milco-small's vectors (20k, 100k
 # and 1M passages): the setting whose top 10 keeps most of the full query's at every size
-# (.993, .991, .978), at most 3 ms p50 slower than 0.1 and 10 (.993, .985, .974). The
+# (.993, .991, .978; .989 and .978 at 100k and 1M with the reshipped model), at most 3 ms
+# p50 slower than 0.1 and 10 (.993, .985, .974). The
 # plugin's 0.4 and 5 kept .59-.73 there, and 0.2 kept .95 at 1M: few query terms weigh
 # >= 0.4 x the top one.
 TWO_PHASE_PRUNE_RATIO = 0.1
