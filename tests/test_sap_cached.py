@@ -30,10 +30,12 @@ class RandomStates:
         width = max(len(self.ids[r]) for r in rows)
         hidden = torch.zeros(len(rows), width, self.states[0].shape[-1])
         mask = torch.zeros(len(rows), width, dtype=torch.long)
+        ids = torch.zeros_like(mask)
         for row, r in enumerate(rows):
             hidden[row, : len(self.ids[r])] = self.states[r]
             mask[row, : len(self.ids[r])] = 1
-        return hidden, mask, torch.zeros_like(mask)
+            ids[row, : len(self.ids[r])] = torch.tensor(self.ids[r])
+        return hidden, mask, ids
 
 
 def shares(model: MilcoModel, cache: RandomStates, rows: list[int]) -> torch.Tensor:
@@ -324,3 +326,34 @@ def test_the_cap_is_set_on_each_language_of_running_text_with_what_its_translati
     # CLDR names are labels that no user indexes as running text.
     assert groups == [{"a cat": "a cat", "a dog": "a dog"},
                       {"eine Katze": "a cat", "ein Hund": "a dog"}]
+
+
+def test_the_cap_never_counts_text_another_source_holds_out(tmp_path):
+    # Tatoeba holds out its last pair ("Yes"/"Ja"); the rows file says "yes" in German too
+    (tmp_path / "tatoeba.deu-eng.deu").write_text("Hallo\nJa\n", encoding="utf-8")
+    (tmp_path / "tatoeba.deu-eng.eng").write_text("Hello\nYes\n", encoding="utf-8")
+    rows = tmp_path / "pairs.jsonl"
+    rows.write_text("".join(json.dumps({"english": e, "non_english": o}) + "\n" for e, o in
+                            [("Yes", "Jawohl"), ("a dog", "ein Hund")]))
+    specs = [{"kind": "tatoeba", "path": str(tmp_path), "holdout": 1, "languages": ["deu"]},
+             {"kind": "rows", "path": str(rows)}]
+
+    texts = {text for group in sap_cached.running_text(specs) for text in group}
+
+    assert texts == {"Hello", "Hallo", "a dog", "ein Hund"}
+
+
+def test_the_echo_scale_is_set_where_the_dev_pairs_rank_best(tmp_path):
+    model = MilcoModel.from_pretrained(make_tiny(tmp_path / "tiny", seed=3)).eval()
+    cache = RandomStates(24, model.config.m_hidden_size, seed=4)
+    cache.ids = [[5 + (i + j) % 9 for j in range(len(ids))] for i, ids in enumerate(cache.ids)]
+    pairs = torch.tensor([[i, 12 + i, i] for i in range(12)])
+    with torch.no_grad():  # echo scores as large as this random model's pivot scores
+        model.scale.fill_(40.0)
+    trained = model.echo_scale()
+
+    factor, mrr = sap_cached.calibrate_echo(model, cache, pairs, torch.tensor([0]))
+
+    assert set(mrr) == set(sap_cached.ECHO_FACTORS) and mrr[factor] == max(mrr.values())
+    assert len(set(mrr.values())) > 1  # the echo view changes the ranking: a real choice
+    assert model.echo_scale() == pytest.approx(trained * factor)

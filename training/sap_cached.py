@@ -34,7 +34,9 @@ Stages, each on encoder states computed once (the encoder is frozen):
 3. echo: the LexEcho head learns which source tokens to echo, with InfoNCE over the
    batch (each non-English text must find its English translation), the pivot view
    frozen; positions of special tokens and punctuation-only pieces echo nothing
-   (``MilcoConfig.echo_ignored_ids``).
+   (``MilcoConfig.echo_ignored_ids``);
+4. with ``--dev``, the echo scale calibrated: the multiple of its trained value that
+   ranks the dev pairs of running text best (:func:`calibrate_echo`).
 
     python training/sap_cached.py --config training/configs/milco-small.yaml \\
         --layers 6 --steps 1500 --echo-steps 300 --out runs/milco-small-lexical
@@ -76,7 +78,7 @@ sys.path.insert(0, str(REPO))
 from milco_os.models.base import tie_decoder_bias  # noqa: E402
 from milco_os.models.files import save_safetensors  # noqa: E402
 from milco_os.models.milco import MilcoConfig, MilcoModel  # noqa: E402
-from milco_os.training.data import load_parallel_sources  # noqa: E402
+from milco_os.training.data import heldout_texts, load_parallel_sources  # noqa: E402
 from milco_os.training.losses import score_matrix  # noqa: E402
 from milco_os.training.noise import noise_ids  # noqa: E402
 
@@ -614,15 +616,15 @@ def running_text(specs: list[dict]) -> list[dict[str, str]]:
     texts, and its texts of each language; each text with the English text that says
     what it says (itself, or its translation). The labels and words of interface
     strings, CLDR names and dictionaries index nothing, so they are left out."""
-    groups = []
+    groups, held = [], heldout_texts(specs)  # every source's held-out text, not one's
     for spec in specs:
         if spec.get("kind", "rows") not in RUNNING_TEXT:
             continue
-        rows, _ = load_parallel_sources([spec])
+        rows, _ = load_parallel_sources([spec], held)
         groups.append({row["english"]: row["english"] for row in rows})
         for language in spec.get("languages") or [None]:  # a rows file: its languages mixed
             part = rows if language is None else load_parallel_sources(
-                [{**spec, "languages": [language]}])[0]
+                [{**spec, "languages": [language]}], held)[0]
             groups.append({row["non_english"]: row["english"] for row in part})
     return [group for group in groups if group]
 
@@ -772,16 +774,17 @@ def split_dev(pairs: torch.Tensor, count: int, seed: int) -> tuple[torch.Tensor,
     return pairs[~is_dev], pairs[is_dev]
 
 
-def dev_report(model: MilcoModel, cache: StateCache, pairs: torch.Tensor,
-               teacher: torch.Tensor, ignored: torch.Tensor, top: int = 20) -> dict[str, float]:
-    """On ``pairs`` (one per English text): top-20 overlap of the non-English text's pivot
-    with the teacher's English vector; Success@1 and MRR of each non-English text finding
-    its English side among all their English texts (pivot, and pivot + echo); distinct
-    pivot terms and the largest share of texts one term is in."""
+def first_pairs(pairs: torch.Tensor) -> torch.Tensor:
+    """One pair per English text (the first), so each English text is one candidate."""
     first = {}
     for row in pairs.tolist():
         first.setdefault(row[2], row)
-    pairs = torch.tensor(list(first.values()))
+    return torch.tensor(list(first.values()))
+
+
+def dev_vectors(model: MilcoModel, cache: StateCache, pairs: torch.Tensor,
+                ignored: torch.Tensor) -> dict[int, list[tuple[torch.Tensor, ...]]]:
+    """Per side of ``pairs`` (0: non-English, 1: English), batches of (pivot, echo, ids)."""
     vectors = {}
     with torch.no_grad():
         for side in (0, 1):
@@ -792,6 +795,28 @@ def dev_report(model: MilcoModel, cache: StateCache, pairs: torch.Tensor,
                 echo = model.echo_from_states(hidden, mask) * ~torch.isin(ids, ignored)
                 parts.append((pivot, echo, ids))
             vectors[side] = parts
+    return vectors
+
+
+def both_scores(vectors: dict[int, list[tuple[torch.Tensor, ...]]], echo_factor: float = 1.0
+                ) -> torch.Tensor:
+    """Pivot + echo scores of every non-English text against every English text, the echo
+    weights of both sides multiplied by ``echo_factor``."""
+    return torch.cat([
+        torch.cat([score_matrix(qp, dp, qe * echo_factor, qi, de * echo_factor, di)
+                   for dp, de, di in vectors[1]], dim=1)
+        for qp, qe, qi in vectors[0]])
+
+
+def dev_report(model: MilcoModel, cache: StateCache, pairs: torch.Tensor,
+               teacher: torch.Tensor, ignored: torch.Tensor, top: int = 20) -> dict[str, float]:
+    """On ``pairs`` (one per English text): top-20 overlap of the non-English text's pivot
+    with the teacher's English vector; Success@1 and MRR of each non-English text finding
+    its English side among all their English texts (pivot, and pivot + echo); distinct
+    pivot terms and the largest share of texts one term is in."""
+    pairs = first_pairs(pairs)
+    vectors = dev_vectors(model, cache, pairs, ignored)
+    with torch.no_grad():
         source = torch.cat([p for p, _, _ in vectors[0]])
         target = teacher.index_select(0, pairs[:, 2].to(teacher.device)).to_dense()
         student_top, teacher_top = top_terms(source, top, -1), top_terms(target, top, -2)
@@ -800,15 +825,32 @@ def dev_report(model: MilcoModel, cache: StateCache, pairs: torch.Tensor,
         report = {"pairs": len(pairs), "overlap": overlap.mean().item()}
         report |= rank_report("pivot", source @ english.T)
         if model.has_echo:
-            scores = torch.cat([
-                torch.cat([score_matrix(qp, dp, qe, qi, de, di)
-                           for dp, de, di in vectors[1]], dim=1)
-                for qp, qe, qi in vectors[0]])
-            report |= rank_report("both", scores)
+            report |= rank_report("both", both_scores(vectors))
         holding = (source > 0).float().mean(0)
         report |= {"terms per text": (source > 0).sum(1).float().mean().item(),
                    "distinct terms": int((holding > 0).sum()), "top share": holding.max().item()}
     return report
+
+
+# Multipliers of the trained echo scale tried on the dev pairs of running text
+ECHO_FACTORS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2)
+
+
+def calibrate_echo(model: MilcoModel, cache: StateCache, pairs: torch.Tensor,
+                   ignored: torch.Tensor) -> tuple[float, dict[float, float]]:
+    """Set the echo scale to the multiple of its trained value (``ECHO_FACTORS``) whose
+    pivot + echo MRR is best on ``pairs`` (dev pairs of running text), and return that
+    factor and every factor's MRR. Echo learns its scale against the other texts of one
+    batch, mostly labels and words; against a corpus of sentences, a source piece that is
+    also an English piece (Turkish "at", "so", "hi") matches many documents, so the best
+    scale is lower. The scale is one number of the released layout: the math is unchanged."""
+    vectors = dev_vectors(model, cache, first_pairs(pairs), ignored)
+    with torch.no_grad():
+        mrr = {factor: rank_report("both", both_scores(vectors, factor))["both MRR"]
+               for factor in ECHO_FACTORS}
+        best = max(ECHO_FACTORS, key=lambda factor: (mrr[factor], -abs(factor - 1)))
+        model.scale.mul_(best)
+    return best, mrr
 
 
 def top_terms(vectors: torch.Tensor, top: int, missing: int) -> torch.Tensor:
@@ -857,6 +899,16 @@ def train(prepared: Prepared, args: argparse.Namespace) -> None:
     model.eval()
     if args.dev:
         print_dev("echo", dev_report(model, cache, dev, teacher, ignored))
+        running = torch.tensor(sorted({r for group in prepared.cap_groups for r in group}))
+        prose = dev[torch.isin(dev[:, 1], running)]
+        if not len(prose):
+            raise SystemExit(f"--dev {args.dev}: no dev pair is running text (Tatoeba, "
+                             "NTREX, rows); the echo scale cannot be calibrated")
+        factor, mrr = calibrate_echo(model, cache, prose, ignored)
+        print(f"echo scale x{factor} (now {model.echo_scale():.4g}), pivot + echo MRR on "
+              f"{len(first_pairs(prose))} dev pairs of running text by factor: "
+              + ", ".join(f"x{f} {m:.3f}" for f, m in mrr.items()), flush=True)
+        print_dev("echo calibration", dev_report(model, cache, dev, teacher, ignored))
     prepared.model = model.cpu()
 
 

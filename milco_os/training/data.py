@@ -534,11 +534,14 @@ def heldout_texts(specs: Sequence[dict[str, Any]]) -> set[str]:
     return held
 
 
-def load_parallel_sources(specs: Sequence[dict[str, Any]]) -> tuple[list[Row], int]:
+def load_parallel_sources(specs: Sequence[dict[str, Any]], held: set[str] | None = None
+                          ) -> tuple[list[Row], int]:
     """Every source's rows, without the rows whose English or non-English text is held out
     by one of the sources (so a text held out for evaluation never enters training through
-    another source); and how many rows that left out."""
-    held = heldout_texts(specs)
+    another source); and how many rows that left out. ``held``: the held-out texts
+    (:func:`heldout_texts`) when ``specs`` are some of the sources and the rest hold out
+    text too."""
+    held = heldout_texts(specs) if held is None else held
     rows = [row for spec in specs for row in iter_rows(load_parallel_source(spec))]
     kept = [row for row in rows if text_key(row["english"]) not in held
             and text_key(row["non_english"]) not in held]
