@@ -9,14 +9,15 @@
 #      the 13 evaluated languages of Tatoeba, NTREX-128 with their holdouts kept out, the
 #      interface strings, CLDR names and the zh and ja dictionaries; 1,000 English texts'
 #      pairs kept out as a dev set that each stage reports on); a second leg from those
-#      heads adds per-token distillation on aligned words, and the cap is set again;
+#      heads adds per-token distillation on aligned words, the cap is set again, and the
+#      echo scale is calibrated on the dev pairs of running text;
 #   4. X->English nDCG@10 on the three held-out sets (NTREX-128 lines, Tatoeba pairs,
 #      NTREX-128 paragraphs), 13 languages, per view, exact and through one OpenSearch
 #      index with BM25 on the same index, the encoder used densely as the reference, and
 #      the diagnostics (alignment overlap with the teacher, term statistics): runs/xling.
 # Run from the repository root after ./dev setup: `bash training/milco-small.sh`;
-# `bash training/milco-small.sh eval` runs step 4 alone on runs/milco-small-tokens-cap10.
-# Then `training/export_milco_small.py --checkpoint runs/milco-small-tokens-cap10 --results
+# `bash training/milco-small.sh eval` runs step 4 alone on runs/milco-small-echo.
+# Then `training/export_milco_small.py --checkpoint runs/milco-small-echo --results
 # runs/xling/xling.json` writes the shipped parts. Step 3 uses MILCO_OS_URL when set, else
 # starts (and stops) a local OpenSearch named xling.
 set -euo pipefail
@@ -26,7 +27,8 @@ py=.venv/bin/python
 e5="$HOME/.cache/milco-os/e5-small"
 first=runs/milco-small-lexical
 second=runs/milco-small-tokens
-model=runs/milco-small-tokens-cap10
+capped=runs/milco-small-tokens-cap10
+model=runs/milco-small-echo
 
 if [ "${1:-all}" != eval ]; then
   if [ ! -f "$e5/config.json" ]; then
@@ -70,7 +72,14 @@ if [ "${1:-all}" != eval ]; then
   # not counting texts that say the term (lowers the junk terms the second leg spread and
   # those one language's texts spread; keeps "said", "was"): 20 minutes on 2 CPU cores
   nice -n 10 $py training/sap_cached.py --config training/configs/milco-small-lexical.yaml \
-      --layers 6 --parts "$second" --df-cap 0.1 --out "$model"
+      --layers 6 --parts "$second" --df-cap 0.1 --out "$capped"
+  # the echo scale set to the multiple of its trained value (0.3-1.2) that ranks the dev
+  # pairs of running text best: echo learned it against the other texts of a batch,
+  # mostly labels and words, and weighs too much against sentences (no training; 5
+  # minutes on 2 CPU cores, encoding the texts to find the dev pairs)
+  nice -n 10 $py training/sap_cached.py --config training/configs/milco-small-lexical.yaml \
+      --layers 6 --init "$capped" --steps 0 --echo-steps 0 --df-cap 0 --dev 1000 \
+      --out "$model"
 fi
 
 started=""

@@ -833,7 +833,7 @@ def dev_report(model: MilcoModel, cache: StateCache, pairs: torch.Tensor,
 
 
 # Multipliers of the trained echo scale tried on the dev pairs of running text
-ECHO_FACTORS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2)
+ECHO_FACTORS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2)
 
 
 def calibrate_echo(model: MilcoModel, cache: StateCache, pairs: torch.Tensor,
