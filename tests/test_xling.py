@@ -151,3 +151,32 @@ def test_noise_terms_are_special_tokens_bare_pieces_and_punctuation():
              "。", "'"]
     lexical = ["beijing", "##ing", "▁北京", "s", "u.s", "▁Moskau"]
     assert [t for t in noisy + lexical if noise_term(t)] == noisy
+
+
+class FixedEncoder:
+    """Encodes text ``t`` as the pivot terms ``vectors[t]`` (weights by position)."""
+
+    def __init__(self, vectors: dict[str, list[int]]) -> None:
+        self.vectors = vectors
+
+    def encode(self, texts: list[str], kind: str) -> list[SparseVector]:
+        return [vector({t: 30.0 - rank for rank, t in enumerate(self.vectors[text])}, {})
+                for text in texts]
+
+
+def test_alignment_overlap_counts_the_teachers_top_20_and_the_english_side_is_its_ceiling():
+    import xling_diagnostics
+
+    teacher = FixedEncoder({"a cat": list(range(25)), "a dog": list(range(100, 125))})
+    # the student's top 20 of the German text holds 10 of the teacher's top 20 (and 3 of
+    # its 21st-25th terms, which do not count); of the English text, 15
+    student = FixedEncoder({"eine Katze": [*range(10), *range(20, 23), *range(200, 207)],
+                            "a cat": [*range(15), *range(300, 305)],
+                            "ein Hund": [], "a dog": list(range(100, 120))})
+    pairs = {"de": [("eine Katze", "a cat"), ("ein Hund", "a dog")]}
+
+    overlap = xling_diagnostics.alignment_overlap(student, teacher, pairs)
+    ceiling = xling_diagnostics.english_side_overlap(student, teacher, ["a cat", "a dog"])
+
+    assert overlap["de"] == pytest.approx((10 / 20 + 0) / 2)
+    assert ceiling == pytest.approx((15 / 20 + 1) / 2)

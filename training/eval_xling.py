@@ -253,6 +253,8 @@ def diagnose(encoder: Any, holdout: Holdout, langs: Sequence[str], config: Path
     tatoeba_english = [d.text for d in tatoeba_heldout(holdout, langs).corpus(None)()]
     passages = list(dict.fromkeys([e for _, e in pairs[langs[0]]] + tatoeba_english))[:1000]
     return {"alignment_overlap_top20": diagnostics.alignment_overlap(encoder, teacher, pairs),
+            "alignment_overlap_top20_english_side": diagnostics.english_side_overlap(
+                encoder, teacher, [e for _, e in pairs[langs[0]]]),
             "term_statistics": diagnostics.term_statistics(encoder, passages)}
 
 

@@ -5,7 +5,8 @@
   the same held-out sets: what the sparse heads could reach;
 - ``alignment_overlap``: for held-out parallel pairs, the share of the teacher's top-20
   English terms (of the English side) among the model's top-20 pivot terms of the
-  non-English side;
+  non-English side; ``english_side_overlap``: the same with the model given the English
+  side itself (its fit to the teacher, the ceiling of the first);
 - ``term_statistics``: over held-out English passages, how many distinct pivot terms the
   model uses, how common its most common term is, and which special tokens or bare
   punctuation pieces appear in any vector (a lexical model has many terms, none of them
@@ -79,6 +80,16 @@ def alignment_overlap(encoder: Any, teacher: Any, pairs: dict[str, list[tuple[st
                                       for s, t in zip(students, teachers, strict=True)]))
     result["mean"] = float(np.mean(list(result.values())))
     return result
+
+
+def english_side_overlap(encoder: Any, teacher: Any, english: Sequence[str]) -> float:
+    """Mean top-20 overlap of the model's pivot of an English text with the teacher's
+    vector of the same text: how closely the model fits the teacher at all, so the most
+    the non-English side can reach through translation alone."""
+    students = encoder.encode(list(english), kind="document")
+    teachers = teacher.encode(list(english), kind="document")
+    return float(np.mean([len(top_terms(s.pivot) & top_terms(t.pivot)) / TOP
+                          for s, t in zip(students, teachers, strict=True)]))
 
 
 def term_statistics(encoder: Any, passages: Sequence[str]) -> dict[str, Any]:
