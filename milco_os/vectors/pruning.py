@@ -111,14 +111,14 @@ class Pruning:
 
 # Pruning measured best for a model (bench/pruning_curve.py, held-out NTREX-128 paragraphs
 # and lines). Documents: milco-small with its 32 heaviest terms per view scores nDCG@10
-# .935 on paragraphs (.938 unpruned, 61 terms per document against 694; topk:48 and
-# topk:64 .939 with 1.4-1.6x the terms and a most common term in 30-36% of documents,
-# not 21%) and .850 on lines (.849 unpruned, topk:48 .851); topk:16 costs .023 on
+# .939 on paragraphs (.939 unpruned, 61 terms per document against 694; topk:48 and
+# topk:64 .942 with 1.4-1.6x the terms and a most common term in 30-36% of documents,
+# not 21%) and .854 on lines (.853 unpruned, topk:48 .854); topk:16 costs .019 on
 # paragraphs, which are what users index. Queries, against those documents: topk:32
-# scores .931 and .847 (unpruned .935 and .850; whole paragraphs as queries) with a
+# scores .936 and .851 (unpruned .939 and .854; whole paragraphs as queries) with a
 # third to a sixth of the terms, and on 1M passages in OpenSearch
 # (bench/bench_opensearch.py) cuts the full query's p50 1.35x and its p95 from 207 to
-# 44 ms; topk:16 costs .014 on lines.
+# 44 ms; topk:16 costs .013 on lines.
 # Other models: none.
 RECOMMENDED_PRUNING = {DEFAULT_MODEL: {"document": "topk:32", "query": "topk:32"}}
 
