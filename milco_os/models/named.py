@@ -107,7 +107,9 @@ MILCO_SMALL = NamedModel(
              "view over the input's own XLM-R pieces, special tokens and punctuation "
              "ignored), trained by training/sap_cached.py in two legs: alignment to the "
              "teacher's vectors (one GPU, from a pack), then per-token distillation on "
-             "aligned words with the decoder's word vectors frozen (2 CPU cores)."),
+             "aligned words with the decoder's word vectors frozen (2 CPU cores); the "
+             "echo scale then set to half its trained value, the multiple that ranked "
+             "dev pairs kept out of training best."),
 )
 NAMED_MODELS: dict[str, NamedModel] = {MILCO_SMALL.name: MILCO_SMALL}
 
