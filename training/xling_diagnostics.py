@@ -72,12 +72,8 @@ def top_terms(view: Any, k: int = TOP) -> set[str]:
 def alignment_overlap(encoder: Any, teacher: Any, pairs: dict[str, list[tuple[str, str]]]
                       ) -> dict[str, float]:
     """Per language: mean |top-20 pivot(X) ∩ top-20 teacher(English)| / 20 over its pairs."""
-    result = {}
-    for lang, rows in pairs.items():
-        students = encoder.encode([x for x, _ in rows], kind="document")
-        teachers = teacher.encode([e for _, e in rows], kind="document")
-        result[lang] = float(np.mean([len(top_terms(s.pivot) & top_terms(t.pivot)) / TOP
-                                      for s, t in zip(students, teachers, strict=True)]))
+    result = {lang: mean_overlap(encoder, teacher, [x for x, _ in rows], [e for _, e in rows])
+              for lang, rows in pairs.items()}
     result["mean"] = float(np.mean(list(result.values())))
     return result
 
@@ -86,7 +82,13 @@ def english_side_overlap(encoder: Any, teacher: Any, english: Sequence[str]) -> 
     """Mean top-20 overlap of the model's pivot of an English text with the teacher's
     vector of the same text: how closely the model fits the teacher at all, so the most
     the non-English side can reach through translation alone."""
-    students = encoder.encode(list(english), kind="document")
+    return mean_overlap(encoder, teacher, english, english)
+
+
+def mean_overlap(encoder: Any, teacher: Any, texts: Sequence[str], english: Sequence[str]
+                 ) -> float:
+    """Mean |top-20 pivot(text) ∩ top-20 teacher(its English)| / 20."""
+    students = encoder.encode(list(texts), kind="document")
     teachers = teacher.encode(list(english), kind="document")
     return float(np.mean([len(top_terms(s.pivot) & top_terms(t.pivot)) / TOP
                           for s, t in zip(students, teachers, strict=True)]))
