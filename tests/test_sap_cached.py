@@ -357,3 +357,16 @@ def test_the_echo_scale_is_set_where_the_dev_pairs_rank_best(tmp_path):
     assert set(mrr) == set(sap_cached.ECHO_FACTORS) and mrr[factor] == max(mrr.values())
     assert len(set(mrr.values())) > 1  # the echo view changes the ranking: a real choice
     assert model.echo_scale() == pytest.approx(trained * factor)
+
+
+def test_the_dev_dense_reference_ranks_by_cosines_of_mean_pooled_states():
+    cache = RandomStates(8, 6, seed=5)
+    pairs = torch.tensor([[i, 4 + i, i] for i in range(4)])
+
+    scores = sap_cached.dense_scores(cache, pairs)
+
+    for i in range(4):
+        for j in range(4):
+            query, document = cache.states[i].mean(0), cache.states[4 + j].mean(0)
+            expected = float(query @ document / (query.norm() * document.norm()))
+            assert scores[i, j].item() == pytest.approx(expected, abs=1e-5)

@@ -812,8 +812,8 @@ def dev_report(model: MilcoModel, cache: StateCache, pairs: torch.Tensor,
                teacher: torch.Tensor, ignored: torch.Tensor, top: int = 20) -> dict[str, float]:
     """On ``pairs`` (one per English text): top-20 overlap of the non-English text's pivot
     with the teacher's English vector; Success@1 and MRR of each non-English text finding
-    its English side among all their English texts (pivot, and pivot + echo); distinct
-    pivot terms and the largest share of texts one term is in."""
+    its English side among all their English texts (pivot, pivot + echo, and the encoder
+    used densely); distinct pivot terms and the largest share of texts one term is in."""
     pairs = first_pairs(pairs)
     vectors = dev_vectors(model, cache, pairs, ignored)
     with torch.no_grad():
@@ -826,10 +826,30 @@ def dev_report(model: MilcoModel, cache: StateCache, pairs: torch.Tensor,
         report |= rank_report("pivot", source @ english.T)
         if model.has_echo:
             report |= rank_report("both", both_scores(vectors))
+        report |= rank_report("dense", dense_scores(cache, pairs))
         holding = (source > 0).float().mean(0)
         report |= {"terms per text": (source > 0).sum(1).float().mean().item(),
                    "distinct terms": int((holding > 0).sum()), "top share": holding.max().item()}
     return report
+
+
+def mean_pooled(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Unit-length mean of the states over each text's positions (the dense reference)."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return F.normalize((hidden * weights).sum(1) / weights.sum(1).clamp(min=1), dim=-1)
+
+
+def dense_scores(cache: StateCache, pairs: torch.Tensor) -> torch.Tensor:
+    """Cosines of the mean-pooled encoder states (the encoder used densely, the reference
+    the sparse views are measured against) of every non-English text against every English
+    text of ``pairs``."""
+    sides = []
+    with torch.no_grad():
+        for side in (0, 1):
+            sides.append(torch.cat([mean_pooled(*cache.batch(pairs[start:start + 64, side]
+                                                             .tolist())[:2])
+                                    for start in range(0, len(pairs), 64)]))
+    return sides[0] @ sides[1].T
 
 
 # Multipliers of the trained echo scale tried on the dev pairs of running text
