@@ -202,6 +202,8 @@ def test_states_cached_below_the_trained_layers_equal_the_full_encoder(tmp_path)
      "--train-layers must be in 0..6"),
     (["--from-pack", "p", "--dev", "-1", "--parts-out", "x"], "must not be negative"),
     (["--config", "c.yaml", "--parts", "p", "--parts-out", "x"], "--parts needs"),
+    (["--from-pack", "p", "--decoder-rows", "9", "--freeze-decoder", "--parts-out", "x"],
+     "choose one"),
     (["--config", "c.yaml", "--init", "i", "--pack", "x"], "--pack and --parts do not train"),
     (["--from-pack", "p", "--init", "no-such-heads", "--parts-out", "x"],
      "--init no-such-heads: no such file"),
@@ -303,6 +305,22 @@ def test_a_run_from_init_heads_keeps_a_frozen_decoder_and_trains_the_rest(tmp_pa
     assert not torch.equal(start[decoder], packed)  # the first run trained the decoder ...
     assert torch.equal(end[decoder], start[decoder])  # ... the second started there, frozen
     assert not torch.equal(end["projector.weight"], start["projector.weight"])
+
+
+def test_a_decoder_row_budget_trains_only_the_most_frequent_terms_rows(tmp_path):
+    prepared = tiny_prepared(make_tiny(tmp_path / "tiny"))
+    sap_cached.save_pack(prepared, tmp_path / "pack")
+    out = sap_cached.main(["--from-pack", str(tmp_path / "pack"), "--steps", "3",
+                           "--echo-steps", "1", "--batch-size", "8", "--lr", "1e-2",
+                           "--decoder-rows", "4", "--parts-out", str(tmp_path / "p.safetensors")])
+    packed = sap_cached.load_pack(tmp_path / "pack").model.state_dict()  # fp16-rounded
+    trained = load_file(str(out))
+    decoder = "mlm_head.predictions.decoder.weight"
+    moved = (trained[decoder] != packed[decoder]).any(1).nonzero().squeeze(-1)
+    documents = (prepared.teacher.to_dense() > 0).sum(0)  # every English text is trained on
+    assert 0 < len(moved) <= 4
+    assert documents[moved].min() >= documents.topk(4).values[-1]
+    assert not torch.equal(trained["projector.weight"], packed["projector.weight"])
 
 
 def test_init_from_a_milco_folder_takes_its_heads(tmp_path):
