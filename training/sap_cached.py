@@ -440,18 +440,18 @@ def train_alignment(model: MilcoModel, cache: StateCache, pairs: torch.Tensor,
             *(p for p in model.mlm_head.parameters()
               if not (args.freeze_decoder and p is decoder))]
     encoder = [p for layer in cache.top for p in layer.parameters()]
-    kept = None
+    row_budget = None
     if args.decoder_rows:  # the other rows get no gradient, so AdamW leaves them exactly
-        trained = torch.zeros(len(decoder), dtype=torch.bool, device=decoder.device)
-        trained[frequent_terms(teacher, pairs[:, 2].unique(), args.decoder_rows)] = True
-        kept = decoder.register_hook(lambda grad: grad * trained.unsqueeze(1))
+        trained = torch.zeros(len(decoder), 1, device=decoder.device)
+        trained[frequent_terms(teacher, pairs[:, 2].unique(), args.decoder_rows)] = 1
+        row_budget = decoder.register_hook(lambda grad: grad * trained)
     try:
         optimise("alignment", [{"params": head, "lr": args.lr},
                                {"params": encoder, "lr": args.encoder_lr}],
                  args.steps, 50, args.seed, pairs, args.batch_size, batch_loss)
     finally:
-        if kept is not None:
-            kept.remove()
+        if row_budget is not None:
+            row_budget.remove()
 
 
 def frequent_terms(teacher: torch.Tensor, english_rows: torch.Tensor, count: int
