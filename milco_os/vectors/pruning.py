@@ -111,14 +111,15 @@ class Pruning:
 
 # Pruning measured best for a model (bench/pruning_curve.py, held-out NTREX-128 paragraphs
 # and lines). Documents: milco-small with its 32 heaviest terms per view scores nDCG@10
-# .939 on paragraphs (.939 unpruned, 61 terms per document against 694; topk:48 and
-# topk:64 .942 with 1.4-1.6x the terms and a most common term in 30-36% of documents,
-# not 21%) and .854 on lines (.853 unpruned, topk:48 .854); topk:16 costs .019 on
-# paragraphs, which are what users index. Queries, against those documents: topk:32
-# scores .936 and .851 (unpruned .939 and .854; whole paragraphs as queries) with a
-# third to a sixth of the terms, and on 1M passages in OpenSearch
-# (bench/bench_opensearch.py) cuts the full query's p50 1.19x and its p95 from 60 to
-# 42 ms (from 207 to 44 ms while long queries skipped); topk:16 costs .013 on lines.
+# .940 on paragraphs (.944 unpruned, 62 terms per document against 585; topk:48 .945 and
+# topk:64 .946 with 1.4-1.7x the terms, so longer posting lists, and a most common term
+# in 33-37% of documents, not 24%) and .861 on lines (.860 unpruned, topk:48 and topk:64
+# .861); topk:16 costs .017 on paragraphs, which are what users index. Queries, against
+# those documents: topk:32 scores .936 and .858 (unpruned .940 and .861; whole
+# paragraphs as queries) with a quarter to two fifths of the terms, and on 1M passages
+# in OpenSearch (bench/bench_opensearch.py, the model before its third leg) cuts the
+# full query's p50 1.19x and its p95 from 60 to 42 ms (from 207 to 44 ms while long
+# queries skipped); topk:16 costs .013 on lines.
 # Other models: none.
 RECOMMENDED_PRUNING = {DEFAULT_MODEL: {"document": "topk:32", "query": "topk:32"}}
 
