@@ -117,9 +117,9 @@ class Pruning:
 # .861); topk:16 costs .017 on paragraphs, which are what users index. Queries, against
 # those documents: topk:32 scores .936 and .858 (unpruned .940 and .861; whole
 # paragraphs as queries) with a quarter to two fifths of the terms, and on 1M passages
-# in OpenSearch (bench/bench_opensearch.py, the model before its third leg) cuts the
-# full query's p50 1.19x and its p95 from 60 to 42 ms (from 207 to 44 ms while long
-# queries skipped); topk:16 costs .013 on lines.
+# in OpenSearch (bench/bench_opensearch.py) cuts the full query's p50 1.29x and its p95
+# from 53 to 36 ms (from 207 to 44 ms with an earlier model while long queries skipped);
+# topk:16 costs .013 on lines.
 # Other models: none.
 RECOMMENDED_PRUNING = {DEFAULT_MODEL: {"document": "topk:32", "query": "topk:32"}}
 
