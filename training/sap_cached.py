@@ -441,7 +441,8 @@ def train_alignment(model: MilcoModel, cache: StateCache, pairs: torch.Tensor,
               if not (args.freeze_decoder and p is decoder))]
     encoder = [p for layer in cache.top for p in layer.parameters()]
     row_budget = None
-    if args.decoder_rows:  # the other rows get no gradient, so AdamW leaves them exactly
+    if args.decoder_rows:  # other rows get a zero gradient; without weight decay AdamW
+        # then leaves them bit for bit as they start
         trained = torch.zeros(len(decoder), 1, device=decoder.device)
         trained[frequent_terms(teacher, pairs[:, 2].unique(), args.decoder_rows)] = 1
         row_budget = decoder.register_hook(lambda grad: grad * trained)
