@@ -25,6 +25,7 @@ from milco_os.training.data import (
     ntrex_languages,
     read_cldr,
     read_dictionary,
+    read_emoji_annotations,
     read_gettext,
     read_ntrex,
     read_tatoeba,
@@ -161,6 +162,33 @@ def test_cldr_names_pair_english_with_each_locale() -> None:
     assert all(r["english"] != r["non_english"] for r in rows)
     with pytest.raises(TrainingDataError, match="unknown locale 'xx_Nope'"):
         read_cldr(["xx_Nope"])
+
+
+def write_annotations(folder: Path, locale: str, entries: dict[str, tuple[list[str], str]]
+                      ) -> None:
+    (folder / locale).mkdir(parents=True)
+    annotations = {emoji: {"default": keywords, "tts": [name]}
+                   for emoji, (keywords, name) in entries.items()}
+    (folder / locale / "annotations.json").write_text(json.dumps(
+        {"annotations": {"identity": {"language": locale}, "annotations": annotations}}),
+        encoding="utf-8")
+
+
+def test_emoji_annotations_pair_names_and_keywords_by_emoji(tmp_path) -> None:
+    write_annotations(tmp_path, "en", {"🐱": (["cat", "face", "pet"], "cat face"),
+                                       "🔥": (["fire", "flame"], "fire"),
+                                       "💤": (["zzz"], "zzz")})
+    write_annotations(tmp_path, "tr", {"🔥": (["alev", "ateş"], "ateş"),
+                                       "🐱": (["kedi", "yüz"], "kedi yüzü"),
+                                       "💤": (["zzz"], "uyku"),
+                                       "🆕": (["yeni"], "yeni")})
+    rows = load_parallel_source({"kind": "emoji", "path": str(tmp_path), "languages": ["tr"]})
+    assert {(r["english"], r["non_english"]) for r in rows} == {
+        ("cat face", "kedi yüzü"), ("cat, face, pet", "kedi, yüz"),
+        ("fire", "ateş"), ("fire, flame", "alev, ateş"), ("zzz", "uyku")}
+    assert len(read_emoji_annotations(tmp_path, ["tr"], max_pairs=2, seed=1)) == 2
+    with pytest.raises(TrainingDataError, match="no CLDR emoji annotations for locale 'de'"):
+        read_emoji_annotations(tmp_path, ["de"])
 
 
 def test_a_held_out_text_never_enters_training_through_another_source(tmp_path) -> None:

@@ -5,8 +5,9 @@ rows hold ``query``, ``pos``, ``pos_scores``, ``neg``, ``neg_scores``. Sources a
 dataset ids (``datasets.load_dataset``), local JSONL/Parquet/CSV/TSV files, the
 line-aligned Tatoeba and NTREX-128 folders, gettext catalogues (English ``msgid`` to
 translated ``msgstr``), CLDR display names (territories, languages, currencies,
-cities, months, days; the ``babel`` package) and bilingual dictionaries (CC-CEDICT,
-JMdict, FreeDict: word-level English gloss -> headword).
+cities, months, days; the ``babel`` package), CLDR emoji annotations (names and keywords
+paired by emoji) and bilingual dictionaries (CC-CEDICT, JMdict, FreeDict: word-level
+English gloss -> headword).
 
 >>> rows = [{"english": "a cat", "non_english": "eine Katze"}]
 >>> batches = LengthGroupedBatches([len(r["english"]) for r in rows], batch_size=4, seed=0)
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import gettext
 import gzip
+import json
 import os
 import random
 import re
@@ -242,6 +244,45 @@ def read_cldr(languages: Sequence[str]) -> list[Row]:
             raise TrainingDataError(f"cldr source: unknown locale {lang!r}") from error
         rows += [{"english": english[key], "non_english": name} for key, name in names.items()
                  if key in english and name != english[key]]
+    return rows
+
+
+EMOJI_ANNOTATIONS = "annotations.json"
+
+
+def _emoji_annotations(directory: Path, locale: str) -> dict[str, dict[str, list[str]]]:
+    path = directory / locale / EMOJI_ANNOTATIONS
+    if not path.is_file():
+        raise TrainingDataError(f"{path}: no CLDR emoji annotations for locale {locale!r}")
+    return json.loads(path.read_text(encoding="utf-8"))["annotations"]["annotations"]
+
+
+def _emoji_texts(entry: dict[str, list[str]]) -> tuple[str, str]:
+    """An annotation's name (its first ``tts``) and its keywords joined by commas."""
+    return (entry.get("tts") or [""])[0], ", ".join(entry.get("default", []))
+
+
+def read_emoji_annotations(directory: str | Path, languages: Sequence[str], max_pairs: int = 0,
+                           seed: int = 0) -> list[Row]:
+    """Parallel rows from CLDR's emoji annotations (the npm package
+    ``cldr-annotations-full``: ``<directory>/<locale>/annotations.json``), paired across
+    locales by their emoji: the English name with the locale's (``cat face`` ->
+    ``kedi yüzü``), and the English keywords with the locale's, each list joined by commas
+    (``animal, cat, face, kitten, kitty, pet`` -> ``ev hayvanı, hayvan, kedi, ...``): the
+    everyday nouns and adjectives that sentences use and interface strings lack. A text
+    equal to its English side is left out; ``max_pairs`` (0: all) draws that many per
+    language with ``seed``."""
+    directory = Path(directory)
+    english = _emoji_annotations(directory, "en")
+    rows: list[Row] = []
+    for lang in languages:
+        pairs = [{"english": e, "non_english": o}
+                 for emoji, entry in _emoji_annotations(directory, lang).items()
+                 for e, o in zip(_emoji_texts(english.get(emoji, {})), _emoji_texts(entry),
+                                 strict=True) if e and o and o != e]
+        if max_pairs and len(pairs) > max_pairs:
+            pairs = random.Random(f"{seed}/{lang}").sample(pairs, max_pairs)
+        rows += pairs
     return rows
 
 
@@ -472,7 +513,7 @@ def read_dictionary(path: str | Path, language: str, max_pairs: int = 0) -> list
 
 def load_parallel_source(spec: dict[str, Any]) -> Sequence[Row]:
     """One parallel source of a config:
-    ``{kind: tatoeba|ntrex|gettext|cldr|dictionary|rows, path: ..., ...}``."""
+    ``{kind: tatoeba|ntrex|gettext|cldr|emoji|dictionary|rows, path: ..., ...}``."""
     kind, path, languages = spec.get("kind", "rows"), spec.get("path"), spec.get("languages")
     if kind == "cldr":
         return read_cldr(languages or [])
@@ -487,6 +528,9 @@ def load_parallel_source(spec: dict[str, Any]) -> Sequence[Row]:
     if kind == "gettext":
         return read_gettext(path, languages or [], int(spec.get("max_pairs", 0)),
                             int(spec.get("seed", 0)))
+    if kind == "emoji":
+        return read_emoji_annotations(path, languages or [], int(spec.get("max_pairs", 0)),
+                                      int(spec.get("seed", 0)))
     if kind == "dictionary":
         max_pairs = int(spec.get("max_pairs", DICTIONARY_MAX_PAIRS))
         if not languages:
@@ -496,7 +540,7 @@ def load_parallel_source(spec: dict[str, Any]) -> Sequence[Row]:
     if kind == "rows":
         return load_rows(path, PARALLEL_COLUMNS, split=spec.get("split", "train"))
     raise TrainingDataError(f"parallel source {spec}: unknown kind {kind!r} "
-                            "(tatoeba, ntrex, gettext, cldr, dictionary or rows)")
+                            "(tatoeba, ntrex, gettext, cldr, emoji, dictionary or rows)")
 
 
 def iter_rows(dataset: Sequence[Any]) -> Iterator[Row]:
