@@ -239,7 +239,8 @@ def engine_rows(label: str, encoder: Any, model: str, data: EvalDataset, index: 
 def diagnose(encoder: Any, holdout: Holdout, langs: Sequence[str], config: Path
              ) -> dict[str, Any]:
     """Alignment overlap on the NTREX held-out lines and term statistics over 1,000 held-out
-    English passages (NTREX held-out lines, then Tatoeba held-out English sentences)."""
+    English passages (NTREX held-out lines, then Tatoeba held-out English sentences), of
+    the model and of the teacher."""
     from milco_os.encoders import SparseEncoder
 
     teacher_path = yaml.safe_load(config.read_text(encoding="utf-8"))["teacher"]
@@ -255,7 +256,9 @@ def diagnose(encoder: Any, holdout: Holdout, langs: Sequence[str], config: Path
     return {"alignment_overlap_top20": diagnostics.alignment_overlap(encoder, teacher, pairs),
             "alignment_overlap_top20_english_side": diagnostics.english_side_overlap(
                 encoder, teacher, [e for _, e in pairs[langs[0]]]),
-            "term_statistics": diagnostics.term_statistics(encoder, passages)}
+            "term_statistics": diagnostics.term_statistics(encoder, passages),
+            # what copying the teacher would give: its own spread terms and punctuation
+            "teacher_term_statistics": diagnostics.term_statistics(teacher, passages)}
 
 
 def table_record(rows: dict[str, ev.Evaluation], langs: Sequence[str]) -> dict[str, Any]:
